@@ -1,0 +1,33 @@
+"""The `ray-router` command line. Each command group lives in its own module of this package."""
+
+import sys
+
+import click
+
+from ray_router.errors import UserError
+
+
+class _Group(click.Group):
+    """Turns a UserError anywhere below into one `error: ...` line and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="ray-router")
+def main():
+    """ray-router: LLM routing from prefill activations, on Ray."""
+
+
+def _register():
+    from ray_router.cli.data import data
+
+    main.add_command(data)
+
+
+_register()
