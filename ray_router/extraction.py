@@ -76,6 +76,9 @@ def extract_features(
     if limit is not None and limit < 1:
         raise UserError("--limit must be >= 1")
     dataset = RoutingDataset.read(data)
+    query_ids = dataset.query_ids[:limit] if limit else dataset.query_ids
+    prompts = dataset.prompts[: len(query_ids)]
+    _check_prompts(query_ids, prompts, data)
     ensure_ray(ray_address)
     gpus = cluster_gpus() if num_gpus_per_worker is None else None
     num_gpus_per_worker = (1.0 if gpus else 0.0) if num_gpus_per_worker is None else num_gpus_per_worker
@@ -94,9 +97,6 @@ def extract_features(
     schema = resolve_schema(**encoder_kwargs)
     store = FeatureStore.create_or_resume(out, schema)
 
-    query_ids = dataset.query_ids[:limit] if limit else dataset.query_ids
-    prompts = dataset.prompts[: len(query_ids)]
-    _check_prompts(query_ids, prompts, data)
     done = store.stored_query_ids()
     todo = [i for i, q in enumerate(query_ids) if q not in done]
     if todo:
@@ -164,6 +164,6 @@ def _run_pipeline(store, query_ids, prompts, encoder_kwargs, *, workers, batch_s
 
 
 def _flush(store: FeatureStore, batches: list[dict[str, np.ndarray]]) -> None:
-    columns = store.schema.column_names()
+    columns = store.schema.columns
     query_ids = np.concatenate([b["query_id"] for b in batches]).tolist()
     store.write_shard(query_ids, {c: np.concatenate([b[c] for b in batches]) for c in columns})

@@ -106,7 +106,7 @@ class FeatureStore:
 
     def write_shard(self, query_ids, features: dict[str, np.ndarray]) -> str:
         """Write one shard atomically; returns its path."""
-        expected = set(self.schema.column_names())
+        expected = set(self.schema.columns)
         if set(features) != expected:
             raise ValueError(f"feature columns {sorted(features)} do not match the schema's {sorted(expected)}")
         name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
@@ -140,10 +140,10 @@ class FeatureStore:
     # -- reading ---------------------------------------------------------------------------------
     def load(self, query_ids, columns: list[str] | None = None) -> dict[str, np.ndarray]:
         """Features for `query_ids` (in that order) as {column: (n, d) float32}."""
-        columns = list(columns or self.schema.column_names())
-        unknown = sorted(set(columns) - set(self.schema.column_names()))
+        columns = list(columns or self.schema.columns)
+        unknown = sorted(set(columns) - set(self.schema.columns))
         if unknown:
-            raise UserError(f"{self.root} has no feature columns {unknown}; it has {self.schema.column_names()}")
+            raise UserError(f"{self.root} has no feature columns {unknown}; it has {self.schema.columns}")
         tables = [storage.read_parquet(s, columns=["query_id", *columns]) for s in self.shard_files()]
         if not tables:
             raise UserError(f"{self.root} holds no features yet")

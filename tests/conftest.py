@@ -40,3 +40,45 @@ def ray_cluster():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def routerbench_data(shared_data, tmp_path_factory) -> Path:
+    """The real RouterBench subset imported once per session (3,164 queries x 11 targets)."""
+    from ray_router.importers.routerbench import import_routerbench
+
+    path = tmp_path_factory.mktemp("data") / "routerbench.parquet"
+    import_routerbench(shared_data / "routerbench").write(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_routerbench(routerbench_data, tmp_path_factory) -> Path:
+    """A deterministic slice of real RouterBench queries (all three tasks): 240 train + 60 test."""
+    import numpy as np
+
+    from ray_router.routing_data import RoutingDataset
+
+    dataset = RoutingDataset.read(routerbench_data)
+    splits = dataset.splits
+    train = np.flatnonzero(splits == "train")[::9][:240]
+    test = np.flatnonzero(splits == "test")[::15][:60]
+    path = tmp_path_factory.mktemp("data") / "routerbench-small.parquet"
+    dataset.select(rows=np.concatenate([train, test])).write(path)
+    return path
+
+
+# Features of the small slice: SmolLM2 truncated to 3 blocks, prompts cut to their last 128 tokens.
+SMALL_LAYERS = [1, 2, 3]
+SMALL_MAX_TOKENS = 128
+
+
+@pytest.fixture(scope="session")
+def small_features(small_routerbench, ray_cluster, tmp_path_factory) -> Path:
+    """Prefill features of `small_routerbench` from the real Ray Data extraction job."""
+    from ray_router.extraction import extract_features
+
+    out = tmp_path_factory.mktemp("features") / "smollm2"
+    extract_features(str(small_routerbench), "smollm2-135m", SMALL_LAYERS, ["last", "mean"], str(out),
+                     max_tokens=SMALL_MAX_TOKENS, batch_size=16)
+    return out
