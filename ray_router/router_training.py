@@ -95,14 +95,20 @@ def train_router(
     out: str,
     *,
     scan: str | None = None,
+    selection: dict[str, tuple[int, str]] | None = None,
     config: RouterTrainConfig | None = None,
     use_ray: bool = True,
 ) -> Router:
-    """Train a router on DATA's training split with the features in FEATURES; write the bundle to OUT."""
+    """Train a router on DATA's training split with the features in FEATURES; write the bundle to OUT.
+
+    The (layer, pooling) per target comes from `selection`, else the scan folder `scan`, else a
+    layer scan run now.
+    """
     config = config or RouterTrainConfig()
     dataset = RoutingDataset.read(data)
     store = FeatureStore.open(features)
-    selection = ScanResult.read(scan).selection if scan else run_scan(dataset, store, config.scan, use_ray).selection
+    if selection is None:
+        selection = ScanResult.read(scan).selection if scan else run_scan(dataset, store, config.scan, use_ray).selection
     _check_selection(selection, dataset.target_names, store, scan)
 
     fit_rows, holdout_rows = split_for_training(dataset, config.holdout_fraction)

@@ -26,10 +26,11 @@ def main():
 
 def _register():
     from ray_router.cli.data import data
+    from ray_router.cli.evaluate import evaluate
     from ray_router.cli.extract import extract
     from ray_router.cli.train import scan_layers_command, train
 
-    for command in (data, extract, scan_layers_command, train):
+    for command in (data, extract, scan_layers_command, train, evaluate):
         main.add_command(command)
 
 

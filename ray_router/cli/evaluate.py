@@ -1,0 +1,33 @@
+"""`ray-router evaluate`: router vs baselines on the test split -> metrics.json, report.md, plots."""
+
+import click
+
+from ray_router.cli.options import ChoiceList, ray_address_option
+from ray_router.evaluation_job import BASELINES
+
+
+@click.command()
+@click.option("--bundle", required=True, help="Router bundle from `ray-router train`.")
+@click.option("--data", required=True, help="The routing dataset the router was trained on.")
+@click.option("--features", required=True, help="The prefill feature folder the router reads.")
+@click.option("--out", required=True, help="Report folder (metrics.json, report.md, PNG plots).")
+@click.option("--baselines", default="all", type=ChoiceList(["all", "none", *BASELINES]), show_default=True,
+              help="Comma-separated: knn, semantic-trunk, task-label, all or none.")
+@click.option("--semantic-features", default=None,
+              help="Feature folder for all-MiniLM-L6-v2 embeddings (default OUT/semantic_features; extracted if missing).")
+@click.option("--policy", type=click.Choice(["tolerance", "utility"]), default="tolerance", show_default=True,
+              help="The policy whose parameter is swept for the cost-accuracy curves.")
+@click.option("--local", is_flag=True, help="Train the semantic baseline in this process instead of Ray Train.")
+@ray_address_option
+def evaluate(bundle, data, features, out, baselines, semantic_features, policy, local, address):
+    """Evaluate BUNDLE against the baselines on DATA's test split."""
+    from ray_router.evaluation_job import run_evaluation
+    from ray_router.ray_cluster import ensure_ray
+    from ray_router.report import headline_table
+
+    chosen = BASELINES if "all" in baselines else tuple(b for b in baselines if b != "none")
+    ensure_ray(address)
+    results = run_evaluation(bundle, data, features, out, baselines=chosen, semantic_features=semantic_features,
+                             policy_kind=policy, use_ray=not local)
+    click.echo(headline_table(results))
+    click.echo(f"wrote {out}/metrics.json, report.md and plots")
