@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import subprocess
@@ -80,12 +79,38 @@ def wait_until_quiet(max_wait_s: float) -> dict:
     }
 
 
+class PhaseLog:
+    """Per benchmark phase: the load average at its start, its wall seconds and, for phases that run in
+    this process, the share of its torch threads' cores it got (CPU time / wall / threads; clearly
+    below 1 means other processes took CPU during the phase)."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, dict] = {}
+        self._current: tuple[str, float, float, bool] | None = None
+
+    def start(self, name: str, in_process: bool = True) -> None:
+        self.stop()
+        self.phases[name] = {"load_average": load_average()}
+        print(f"{name} (load average {self.phases[name]['load_average']:.2f})", flush=True)
+        self._current = (name, time.perf_counter(), time.process_time(), in_process)
+
+    def stop(self) -> None:
+        if self._current is None:
+            return
+        name, wall, cpu, in_process = self._current
+        wall = time.perf_counter() - wall
+        self.phases[name]["seconds"] = round(wall, 1)
+        if in_process:
+            self.phases[name]["cpu_share"] = round((time.process_time() - cpu) / wall / torch.get_num_threads(), 2)
+        self._current = None
+
+
 def synchronize(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
 
 
-def best_seconds(fn: Callable[[], object], device: str, runs: int = 5) -> float:
+def best_seconds(fn: Callable[[], object], device: str, runs: int = 10) -> float:
     """Best wall time of `fn` over `runs` (after one warm-up); on a GPU each run repeats fn 20 times."""
     inner = 20 if device == "cuda" else 1
     fn()
@@ -141,39 +166,44 @@ class ParameterCount:
         return float(sum(2 * length**2 * self.hidden for length in lengths) * depth)
 
 
-def throughput(tokens: int, seconds: float, params: int, roofline_gflops: float) -> dict:
-    """tokens/s and achieved GFLOP/s = 2 x parameters run x real tokens / seconds, and its roofline share."""
-    gflops = 2 * params * tokens / seconds / 1e9
+def throughput(tokens: int, seconds: float, params: int) -> dict:
+    """tokens/s and achieved GFLOP/s = 2 x parameters run x real tokens / seconds."""
     return {
         "tokens": tokens,
         "seconds": round(seconds, 3),
         "tokens_per_s": round(tokens / seconds, 1),
         "params_run": params,
-        "gflops": round(gflops, 2),
-        "roofline_share": round(gflops / roofline_gflops, 3),
+        "gflops": round(2 * params * tokens / seconds / 1e9, 2),
     }
 
 
 # --- (a) the roofline -----------------------------------------------------------------------------------
 
 
-def matmul_roofline(device: str, dtype: torch.dtype, rows: int, hidden: int, intermediate: int) -> dict:
-    """GFLOP/s of the model's matmuls (x @ W^T as nn.Linear does) with `rows` tokens, and of a big square."""
+def matmul_roofline(device: str, dtype: torch.dtype, rows: int, config) -> dict:
+    """GFLOP/s of the model's matmuls (x @ W^T, as nn.Linear) on `rows` tokens, of their mix in one
+    decoder block, and of a big square matmul. The roofline is the MLP's (rows x hidden) @ (hidden x
+    intermediate)."""
+    hidden, intermediate = config.hidden_size, config.intermediate_size
+    kv = config.num_key_value_heads * getattr(config, "head_dim", hidden // config.num_attention_heads)
+    # (input width, output width, how many such matmuls per block): q/o, k/v, gate/up, down
+    block = [(hidden, intermediate, 2), (intermediate, hidden, 1), (hidden, hidden, 2), (hidden, kv, 2)]
     square = 8192 if device == "cuda" else 2048
-    shapes = {
-        f"({rows}x{hidden})@({hidden}x{intermediate})": (rows, hidden, intermediate),
-        f"({rows}x{intermediate})@({intermediate}x{hidden})": (rows, intermediate, hidden),
-        f"({rows}x{hidden})@({hidden}x{hidden})": (rows, hidden, hidden),
-        f"({square}x{square})@({square}x{square})": (square, square, square),
-    }
-    result = {}
-    for name, (m, k, n) in shapes.items():
+    gflops, block_flops, block_seconds = {}, 0.0, 0.0
+    for m, k, n, count in [(rows, k, n, c) for k, n, c in block] + [(square, square, square, 0)]:
         x = torch.randn(m, k, device=device, dtype=dtype)
         w = torch.randn(n, k, device=device, dtype=dtype)
         seconds = best_seconds(lambda: torch.nn.functional.linear(x, w), device)
-        result[name] = round(2 * m * k * n / seconds / 1e9, 1)
-    roofline_shape = next(iter(shapes))
-    return {"roofline_shape": roofline_shape, "roofline_gflops": result[roofline_shape], "gflops": result}
+        gflops[f"({m}x{k})@({k}x{n})"] = round(2 * m * k * n / seconds / 1e9, 1)
+        block_flops += count * 2 * m * k * n
+        block_seconds += count * seconds
+    roofline_shape = next(iter(gflops))
+    return {
+        "roofline_shape": roofline_shape,
+        "roofline_gflops": gflops[roofline_shape],
+        "block_mix_gflops": round(block_flops / block_seconds / 1e9, 1),
+        "gflops": gflops,
+    }
 
 
 # --- (b) the plain transformers loop ------------------------------------------------------------------
@@ -258,6 +288,9 @@ def ray_runs(data: Path, lengths: list[int], depth: int, max_tokens: int, batch_
     full_s = job("full", None)
     small_s = job("small", small)
     tokens, small_tokens = sum(lengths), sum(lengths[:small])
+    if full_s <= small_s:
+        raise RuntimeError(f"the Ray job on all prompts ({full_s:.1f} s) was not slower than on {small} "
+                           f"({small_s:.1f} s): use more --prompts to separate the steady state")
     steady_tps = (tokens - small_tokens) / (full_s - small_s)
     return {
         "tokens": tokens,
@@ -274,7 +307,7 @@ def ray_runs(data: Path, lengths: list[int], depth: int, max_tokens: int, batch_
 
 
 def measure(device: str, args, sample: RoutingDataset, data_file: Path, work: Path, ray_start_s: float,
-            loads: dict) -> dict:
+            log: PhaseLog) -> dict:
     """(a)-(d) on one device: float32 on CPU, bfloat16 on CUDA."""
     dtype_name = "bfloat16" if device == "cuda" else "float32"
     dtype = getattr(torch, dtype_name)
@@ -284,20 +317,20 @@ def measure(device: str, args, sample: RoutingDataset, data_file: Path, work: Pa
     total = config.num_hidden_layers
     depths = sorted({d for d in args.layers if d < total}, reverse=True)
 
-    def phase(name: str) -> None:
-        loads[f"{device}:{name}"] = load_average()
-        print(f"[{device}] {name} (load average {loads[f'{device}:{name}']:.2f})", flush=True)
+    def phase(name: str, in_process: bool = True) -> None:
+        log.start(f"[{device}] {name}", in_process)
+
+    def roofline() -> dict:
+        return matmul_roofline(device, dtype, args.batch_size * args.max_tokens, config)
 
     phase("matmul roofline")
-    roofline = matmul_roofline(device, dtype, args.batch_size * args.max_tokens, config.hidden_size,
-                               config.intermediate_size)
-    peak = roofline["roofline_gflops"]
+    matmul = {"start": roofline()}
 
     phase(f"plain transformers loop, {total} layers")
     plain = plain_loop(folder, prompts, args.max_tokens, args.batch_size, device, dtype)
     counter: ParameterCount = plain.pop("counter")
     rows = {"plain": {"load_s": plain["load_s"],
-                      **throughput(plain["tokens"], plain["seconds"], counter.run(total, lm_head=True), peak)}}
+                      **throughput(plain["tokens"], plain["seconds"], counter.run(total, lm_head=True))}}
     rows["plain"]["gflops_blocks_only"] = round(2 * counter.run(total) * plain["tokens"] / plain["seconds"] / 1e9, 2)
 
     for depth in [total, *depths]:
@@ -305,17 +338,25 @@ def measure(device: str, args, sample: RoutingDataset, data_file: Path, work: Pa
         run = encoder_run(prompts, depth, args.max_tokens, args.batch_size, device, dtype_name)
         lengths = run.pop("lengths")  # the same at every depth
         rows[f"encoder_{depth}"] = {"load_s": run["load_s"],
-                                    **throughput(run["tokens"], run["seconds"], counter.run(depth), peak)}
+                                    **throughput(run["tokens"], run["seconds"], counter.run(depth))}
 
-    phase(f"Ray Data job, {total} layers, 1 worker")
+    phase(f"Ray Data job, {total} layers, 1 worker", in_process=False)
     small = max(1, min(args.batch_size, len(prompts) // 4))
     ray_result = ray_runs(data_file, lengths, total, args.max_tokens, args.batch_size, device == "cuda",
                           work / device, small)
     wall_s = ray_start_s + ray_result["job_s"]
-    rows["ray_wall"] = {"ray_start_s": round(ray_start_s, 2), **throughput(sum(lengths), wall_s, counter.run(total), peak)}
+    rows["ray_wall"] = {"ray_start_s": round(ray_start_s, 2), **throughput(sum(lengths), wall_s, counter.run(total))}
     rows["ray_steady"] = {**{k: v for k, v in ray_result.items() if k != "steady_seconds"},
-                          **throughput(sum(lengths), ray_result["steady_seconds"], counter.run(total), peak)}
+                          **throughput(sum(lengths), ray_result["steady_seconds"], counter.run(total))}
 
+    phase("matmul roofline again")
+    matmul["end"] = roofline()
+    log.stop()
+    # The better of the two measurements is the roofline (a busy machine only lowers it).
+    peak = max(matmul["start"]["roofline_gflops"], matmul["end"]["roofline_gflops"])
+    matmul.update(roofline_shape=matmul["start"]["roofline_shape"], roofline_gflops=peak)
+    for row in rows.values():
+        row["roofline_share"] = round(row["gflops"] / peak, 3)
     tps = {name: row["tokens_per_s"] for name, row in rows.items()}
     truncation = {
         str(depth): {
@@ -344,7 +385,7 @@ def measure(device: str, args, sample: RoutingDataset, data_file: Path, work: Pa
         goals["encoder_60pct_of_roofline"] = rows[f"encoder_{total}"]["roofline_share"] >= GOAL_ROOFLINE_CPU
     return {
         "dtype": dtype_name,
-        "matmul": roofline,
+        "matmul": matmul,
         "runs": rows,
         "ratios": ratios,
         "goals": goals,
@@ -374,7 +415,10 @@ def print_report(results: dict) -> None:
         total = r["model"]["total_layers"]
         print(f"\n== {device} ({r['dtype']}), {r['tokens']['real']} real tokens "
               f"({r['tokens']['mean_per_prompt']}/prompt) ==")
-        print("matmul GFLOP/s: " + ", ".join(f"{k} {v}" for k, v in r["matmul"]["gflops"].items()))
+        for when in ("start", "end"):
+            m = r["matmul"][when]
+            print(f"matmul GFLOP/s at {when}: " + ", ".join(f"{k} {v}" for k, v in m["gflops"].items())
+                  + f"; decoder-block mix {m['block_mix_gflops']}")
         print(f"roofline = {r['matmul']['roofline_shape']}: {r['matmul']['roofline_gflops']} GFLOP/s\n")
         labels = {"plain": f"plain transformers loop ({total} layers + LM head)"}
         labels.update({k: f"PrefillEncoder in-process ({k.split('_')[1]} layers)"
@@ -403,6 +447,9 @@ def print_report(results: dict) -> None:
         print("goals: " + ", ".join(f"{k}={'met' if v else 'MISSED'}" for k, v in r["goals"].items()))
     loads = results["load_average"]
     print(f"\nload average: start {loads['at_start']}, end {loads['at_end']} (quiet before start: {loads['quiet']})")
+    for name, phase in loads["per_phase"].items():
+        share = f", CPU share {phase['cpu_share']:.2f}" if "cpu_share" in phase else ""
+        print(f"  {name}: {phase['seconds']} s, load average at start {phase['load_average']}{share}")
 
 
 def machine() -> dict:
@@ -439,11 +486,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     transformers.utils.logging.disable_progress_bar()
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
     sample = sample_prompts(args.prompts)
     resolve_encoder(ENCODER)  # converts the GGUF once, before anything is timed
     loads = wait_until_quiet(args.max_wait)
-    phases: dict[str, float] = {}
+    log = PhaseLog()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
@@ -455,12 +501,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         ray.data.DataContext.get_current().enable_progress_bars = False
         try:
             # Ray is started once: its start time is counted in the first device's wall time only.
-            measured = {device: measure(device, args, sample, data_file, work, ray_start_s if i == 0 else 0.0, phases)
+            measured = {device: measure(device, args, sample, data_file, work, ray_start_s if i == 0 else 0.0, log)
                         for i, device in enumerate(devices)}
         finally:
             ray.shutdown()
     loads["at_end"] = load_average()
-    loads["per_phase"] = phases
+    loads["per_phase"] = log.phases
     results = {
         "command": " ".join([".venv/bin/python", "bench/extract.py", *(argv or sys.argv[1:])]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -100,7 +100,7 @@ def extract_features(
     done = store.stored_query_ids()
     todo = [i for i, q in enumerate(query_ids) if q not in done]
     if todo:
-        workers = concurrency or _default_concurrency(num_gpus_per_worker, cpus_per_worker)
+        workers = concurrency or default_concurrency(num_gpus_per_worker, cpus_per_worker)
         _run_pipeline(
             store,
             [query_ids[i] for i in todo],
@@ -126,7 +126,7 @@ def _check_prompts(query_ids, prompts, data: str) -> None:
         raise UserError(f"{data}: {len(empty)} queries have an empty prompt (e.g. query_id {empty[0]!r})")
 
 
-def _default_concurrency(num_gpus_per_worker: float, cpus_per_worker: float) -> int:
+def default_concurrency(num_gpus_per_worker: float, cpus_per_worker: float) -> int:
     """One worker per GPU; on CPU one worker per 2 cores (torch already uses the cores it is given)."""
     if num_gpus_per_worker > 0:
         return max(1, int(cluster_gpus() / num_gpus_per_worker))

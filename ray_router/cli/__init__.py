@@ -28,9 +28,11 @@ def _register():
     from ray_router.cli.data import data
     from ray_router.cli.evaluate import evaluate
     from ray_router.cli.extract import extract
+    from ray_router.cli.route import route
+    from ray_router.cli.serve import serve_command
     from ray_router.cli.train import scan_layers_command, train
 
-    for command in (data, extract, scan_layers_command, train, evaluate):
+    for command in (data, extract, scan_layers_command, train, evaluate, route, serve_command):
         main.add_command(command)
 
 

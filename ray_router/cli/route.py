@@ -1,0 +1,50 @@
+"""`ray-router route`: offline batch routing of a query file into a resumable Parquet folder."""
+
+import json
+
+import click
+
+from ray_router.cli.options import ray_address_option
+
+
+@click.command()
+@click.option("--bundle", required=True, help="Router bundle folder (from `ray-router train`).")
+@click.option("--input", "input_path", required=True,
+              help="Queries: a .parquet, .jsonl or .csv file or a folder of them (local path or cloud URI).")
+@click.option("--out", required=True, help="Decision folder (local path or cloud URI); reruns resume into it.")
+@click.option("--policy", "kind", type=click.Choice(["tolerance", "argmax", "utility", "budget"]), default=None,
+              help="Default: the bundle's default policy.")
+@click.option("--tau", type=float, default=None, help="tolerance: probability given up for a cheaper target.")
+@click.option("--lam", type=float, default=None,
+              help="utility: weight of normalised cost; budget: the lambda fitted on validation (required).")
+@click.option("--budget", type=float, default=None, help="budget: mean cost per query (USD), with its fitted --lam.")
+@click.option("--allowed", default=None, help="Comma-separated targets that may be chosen (default: all).")
+@click.option("--prompt-col", default="prompt", show_default=True, help="Column holding the prompt text.")
+@click.option("--id-col", default=None,
+              help="Column holding unique query ids (default: sha256(prompt) prefixes, -2, -3, ... on repeats).")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--concurrency", type=int, default=None, help="Encoder actors (default: from cluster resources).")
+@click.option("--num-gpus-per-worker", type=float, default=None, help="Default: 1 when the cluster has GPUs, else 0.")
+@click.option("--cpus-per-worker", type=float, default=0.5, show_default=True)
+@click.option("--limit", type=int, default=None, help="Only the first N queries of the input.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@ray_address_option
+def route(bundle, input_path, out, kind, tau, lam, budget, allowed, prompt_col, id_col, batch_size, concurrency,
+          num_gpus_per_worker, cpus_per_worker, limit, as_json, address):
+    """Route every query of INPUT with the router BUNDLE; decisions and a summary go to OUT (resumable)."""
+    from dataclasses import asdict
+
+    from ray_router.batch_routing import format_summary, route_queries
+
+    given = {"kind": kind, "tau": tau, "lam": lam, "budget": budget,
+             "allowed": [a.strip() for a in allowed.split(",") if a.strip()] if allowed is not None else None}
+    result = route_queries(
+        bundle, input_path, out, {k: v for k, v in given.items() if v is not None},
+        prompt_col=prompt_col, id_col=id_col, limit=limit, batch_size=batch_size, concurrency=concurrency,
+        num_gpus_per_worker=num_gpus_per_worker, cpus_per_worker=cpus_per_worker, ray_address=address,
+    )
+    if as_json:
+        click.echo(json.dumps(asdict(result.summary), indent=2, sort_keys=True))
+    else:
+        click.echo(f"{out}: {result.computed} routed now, {result.already_done} already there")
+        click.echo(format_summary(result.summary))

@@ -1,0 +1,303 @@
+"""The HTTP ingress (FastAPI on Ray Serve) and `build_app(args)` for `serve run` / `serve build`.
+
+Graph: Encoder -> RouterHead -> Ingress, plus one LocalGenerator per local model. Endpoints:
+`POST /v1/route`, `POST /v1/chat/completions` (OpenAI schema, `model: "router"` routes, a target name
+passes through, `stream: true` streams SSE), `GET /v1/models`, `GET /healthz`.
+"""
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from ray import serve
+from ray.serve import Application
+
+from ray_router.bundle import Router
+from ray_router.errors import UserError, validation_message
+from ray_router.policies import PolicyConfig, allowed_mask
+from ray_router.serving.api import ROUTER_MODEL, ApiError, ChatRequest, RouteRequest, RoutingOptions
+from ray_router.serving.backends import Completion, GenerationParams, LocalBackend, OpenAIBackend, TargetError
+from ray_router.serving.config import ServeArgs
+from ray_router.serving.deployments import Encoder, RouterHead
+from ray_router.serving.local_target import LocalGenerator
+from ray_router.serving.telemetry import RouterMetrics
+
+logger = logging.getLogger("ray.serve")
+
+DECISION_TIMEOUT_S = 60.0  # encoder + head, per request
+api = FastAPI(title="ray-router", docs_url=None, redoc_url=None)
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=128)
+@serve.ingress(api)
+class Ingress:
+    """Routes requests, calls the chosen target, falls back on failure, reports what happened."""
+
+    async def __init__(self, encoder, head, generators: dict, args: dict):
+        self.args = ServeArgs.model_validate(args)
+        self.encoder, self.head = encoder, head
+        self.token = None
+        if self.args.auth_token_env:
+            self.token = os.environ.get(self.args.auth_token_env)
+            if not self.token:
+                raise UserError(f"auth_token_env {self.args.auth_token_env!r} is set but that variable is empty")
+        self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=256, max_keepalive_connections=32))
+        self.backends = {
+            target: OpenAIBackend(cfg, self.client) if cfg.kind == "openai" else LocalBackend(cfg, generators[cfg.model])
+            for target, cfg in self.args.backends.items()
+        }
+        info = await head.describe.remote()
+        self.targets: list[str] = info["targets"]
+        self.default_policy: dict = info["default_policy"]
+        self.schema_id: str = info["feature_schema"]
+        self.metrics = RouterMetrics()
+
+    # -- the door ---------------------------------------------------------------------------------
+    async def _respond(self, endpoint: str, request: Request, work: Callable[[], Awaitable]) -> object:
+        """Authorize, run `work`, and turn ApiErrors into JSON error responses."""
+        try:
+            if self.token is not None and request.headers.get("authorization") != f"Bearer {self.token}":
+                raise ApiError(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
+                               kind="authentication_error")
+            return await work()
+        except ApiError as err:
+            self.metrics.error(endpoint, err.status)
+            return JSONResponse(err.body(), status_code=err.status)
+
+    async def _read(self, request: Request, model: type[BaseModel]) -> BaseModel:
+        limit = self.args.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+        raw = await request.body()
+        if len(raw) > limit:
+            raise ApiError(413, f"request body of {len(raw)} bytes exceeds the limit of {limit} bytes")
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ApiError(400, f"malformed JSON body: {err}") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, f"the body must be a JSON object, got {type(data).__name__}")
+        try:
+            return model.model_validate(data)
+        except ValidationError as err:
+            raise ApiError(400, f"invalid request: {validation_message(err)}") from None
+
+    def _policy(self, options: RoutingOptions, chat: bool) -> PolicyConfig:
+        """The request's policy: the app's default with the request's fields, or, when the request names a
+        policy, that policy with the request's parameters only. For chat, `allowed` defaults to the targets
+        with a backend."""
+        overrides = options.overrides()
+        base = {} if "kind" in overrides else self.default_policy
+        try:
+            policy = PolicyConfig.from_user(**{**base, **overrides})
+            allowed_mask(self.targets, policy.allowed)
+        except UserError as err:
+            raise ApiError(400, str(err), param="router") from None
+        if chat:
+            allowed = policy.allowed or [t for t in self.targets if t in self.backends]
+            unbound = [t for t in allowed if t not in self.backends]
+            if unbound:
+                raise ApiError(400, f"target(s) {', '.join(unbound)} have no backend (not routable for chat)",
+                               param="router.allowed")
+            if not allowed:
+                raise ApiError(400, "no target has a backend: this deployment only serves /v1/route")
+            policy = policy.model_copy(update={"allowed": allowed})
+        return policy
+
+    async def _decide(self, endpoint: str, prompts: list[str], policy: PolicyConfig) -> tuple[list[dict], dict]:
+        start = time.perf_counter()
+        try:
+            features = await asyncio.wait_for(
+                asyncio.gather(*(self.encoder.encode.remote(p) for p in prompts)), DECISION_TIMEOUT_S)
+            encoded = time.perf_counter()
+            decisions = await asyncio.wait_for(self.head.decide.remote(features, prompts, policy.model_dump()),
+                                               DECISION_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise ApiError(504, f"routing decision took longer than {DECISION_TIMEOUT_S} s", kind="timeout") from None
+        latency = {"encode": round((encoded - start) * 1000, 3), "decide": _ms(encoded), "total": _ms(start)}
+        self.metrics.decided(endpoint, latency["total"])
+        return decisions, latency
+
+    # -- endpoints --------------------------------------------------------------------------------
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "feature_schema": self.schema_id, "targets": len(self.targets),
+                "routable": [t for t in self.targets if t in self.backends]}
+
+    @api.get("/v1/models")
+    async def models(self, request: Request):
+        async def work():
+            data = [{"id": ROUTER_MODEL, "object": "model", "owned_by": "ray-router", "routable": True}]
+            data += [{"id": t, "object": "model", "owned_by": self.args.backends[t].kind if t in self.backends
+                      else "unbound", "routable": t in self.backends} for t in self.targets]
+            return {"object": "list", "data": data}
+
+        return await self._respond("models", request, work)
+
+    @api.post("/v1/route")
+    async def route(self, request: Request):
+        async def work():
+            body = await self._read(request, RouteRequest)
+            prompts = body.all_prompts()
+            policy = self._policy(body.router, chat=False)
+            decisions, latency = await self._decide("route", prompts, policy)
+            for decision in decisions:
+                self.metrics.answered("route", decision["target"])
+            return {"decisions": decisions, "policy": policy.model_dump(), "feature_schema": self.schema_id,
+                    "latency_ms": latency}
+
+        return await self._respond("route", request, work)
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, request: Request):
+        async def work():
+            body = await self._read(request, ChatRequest)
+            prompt = body.prompt()
+            params = GenerationParams(body.plain_messages(), body.token_limit(), body.temperature)
+            if body.model == ROUTER_MODEL:
+                policy = self._policy(body.router, chat=True)
+                decisions, latency = await self._decide("chat", [prompt], policy)
+                decision = decisions[0]
+                routing = {"mode": "routed", "policy": policy.model_dump(), "feature_schema": self.schema_id,
+                           "decision": decision, "decision_latency_ms": latency}
+                candidates = [decision["target"], *decision["fallbacks"]]
+            elif body.model in self.backends:
+                routing, candidates = {"mode": "pass-through"}, [body.model]
+            elif body.model in self.targets:
+                raise ApiError(400, f"target {body.model!r} has no backend (not routable for chat)", param="model")
+            else:
+                raise ApiError(404, f"unknown model {body.model!r}: use {ROUTER_MODEL!r} or one of "
+                                    f"{', '.join(self.backends)}", param="model", code="model_not_found")
+            if body.stream:
+                return await self._stream(params, candidates, routing)
+            return await self._complete(params, candidates, routing)
+
+        return await self._respond("chat", request, work)
+
+    # -- answering with fallback ------------------------------------------------------------------
+    def _failed(self, attempts: list[dict], target: str, err: TargetError, start: float) -> None:
+        attempts.append({"target": target, "ok": False, "error": str(err), "latency_ms": _ms(start)})
+        self.metrics.failed_attempt(target)
+        logger.warning("target %s failed: %s", target, err)
+
+    def _all_failed(self, attempts: list[dict]) -> ApiError:
+        return ApiError(502, f"all {len(attempts)} target(s) failed: "
+                             + "; ".join(f"{a['target']}: {a['error']}" for a in attempts),
+                        kind="upstream_error", attempts=attempts)
+
+    def _metadata(self, target: str, routing: dict, attempts: list[dict]) -> tuple[dict, dict]:
+        """The `router` field of the answer and the matching x-router-* headers."""
+        meta = {"target": target, **routing, "fallback_used": len(attempts) > 1, "attempts": attempts}
+        headers = {"x-router-target": target, "x-router-mode": routing["mode"],
+                   "x-router-attempts": str(len(attempts)), "x-router-fallback": str(len(attempts) > 1).lower()}
+        if routing["mode"] == "routed":
+            decision = routing["decision"]
+            headers |= {"x-router-policy": routing["policy"]["kind"],
+                        "x-router-chosen": decision["target"],
+                        "x-router-probability": f"{decision['probabilities'][target]:.4f}",
+                        "x-router-expected-cost-usd": f"{decision['expected_cost_usd'][target]:.6g}",
+                        "x-router-feature-schema": routing["feature_schema"]}
+        return meta, headers
+
+    async def _complete(self, params: GenerationParams, candidates: list[str], routing: dict) -> JSONResponse:
+        attempts: list[dict] = []
+        for target in candidates:
+            start = time.perf_counter()
+            try:
+                completion: Completion = await self.backends[target].complete(params)
+            except TargetError as err:
+                self._failed(attempts, target, err, start)
+                continue
+            attempts.append({"target": target, "ok": True, "latency_ms": _ms(start)})
+            self.metrics.answered("chat", target)
+            meta, headers = self._metadata(target, routing, attempts)
+            body = {
+                "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": target,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text},
+                             "finish_reason": completion.finish_reason}],
+                "usage": {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+                          "total_tokens": completion.prompt_tokens + completion.completion_tokens},
+                "router": meta,
+            }
+            return JSONResponse(body, headers=headers)
+        raise self._all_failed(attempts)
+
+    async def _stream(self, params: GenerationParams, candidates: list[str], routing: dict) -> StreamingResponse:
+        """SSE chunks; a target is abandoned for the next only before its first piece arrives."""
+        attempts: list[dict] = []
+        for target in candidates:
+            start = time.perf_counter()
+            pieces = self.backends[target].stream(params)
+            try:
+                first = await anext(pieces, None)
+            except TargetError as err:
+                self._failed(attempts, target, err, start)
+                continue
+            attempts.append({"target": target, "ok": True, "latency_ms": _ms(start)})
+            self.metrics.answered("chat", target)
+            meta, headers = self._metadata(target, routing, attempts)
+            return StreamingResponse(self._sse(target, first, pieces, meta), media_type="text/event-stream",
+                                     headers=headers | {"cache-control": "no-cache"})
+        raise self._all_failed(attempts)
+
+    async def _sse(self, target: str, first: str | None, pieces: AsyncIterator[str], meta: dict) -> AsyncIterator[str]:
+        chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(delta: dict, finish_reason: str | None = None, **extra) -> str:
+            body = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": target,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
+            return f"data: {json.dumps(body)}\n\n"
+
+        yield chunk({"role": "assistant", "content": ""}, router=meta)
+        finish = "stop"
+        try:
+            if first is not None:
+                yield chunk({"content": first})
+                async for piece in pieces:
+                    yield chunk({"content": piece})
+        except TargetError as err:
+            self.metrics.error("chat", 502)
+            yield f"data: {json.dumps({'error': {'message': str(err), 'type': 'upstream_error'}})}\n\n"
+            finish = "error"
+        yield chunk({}, finish_reason=finish)
+        yield "data: [DONE]\n\n"
+
+
+def build_app(args: dict) -> Application:
+    """The Serve application for `args` (see ServeArgs); checks the bundle and the backends first."""
+    config = ServeArgs.from_user(args)
+    config.bundle = str(Path(config.bundle).expanduser().resolve())  # replicas may run in another directory
+    unbound = config.check_targets(Router.load(config.bundle).targets)
+    if unbound:
+        logger.warning("targets without a backend (routable by /v1/route only, not for chat): %s", ", ".join(unbound))
+    options = config.encoder
+    encoder = Encoder.options(
+        ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
+        autoscaling_config=options.autoscaling.model_dump(),
+    ).bind(config.bundle, options.max_batch_size, options.batch_wait_timeout_s, options.cache_dir)
+    head = RouterHead.options(ray_actor_options={"num_cpus": config.head_num_cpus}).bind(
+        config.bundle, encoder, config.policy)
+    local = {}
+    for cfg in config.backends.values():
+        if cfg.kind == "local" and cfg.model not in local:
+            name = "LocalGenerator" if not local else f"LocalGenerator{len(local)}"
+            local[cfg.model] = LocalGenerator.options(
+                name=name, ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+            ).bind(cfg.model, options.cache_dir)
+    return Ingress.options(ray_actor_options={"num_cpus": config.ingress_num_cpus}).bind(
+        encoder, head, local, config.model_dump())

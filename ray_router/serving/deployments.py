@@ -1,0 +1,65 @@
+"""The routing deployments: Encoder (prefill features, dynamically batched) and RouterHead (bundle + policy)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from ray import serve
+
+from ray_router.bundle import Router
+from ray_router.feature_schema import FeatureSchema
+from ray_router.inference import check_schema, decide, encoder_for
+from ray_router.policies import PolicyConfig
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+class Encoder:
+    """The bundle's PrefillEncoder (truncated to the layers it reads); concurrent prompts are batched."""
+
+    def __init__(self, bundle: str, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.005,
+                 cache_dir: str | None = None):
+        self.encoder = encoder_for(Router.load(bundle), cache_dir=cache_dir)  # UserError: schema mismatch
+        self.encode.set_max_batch_size(max_batch_size)
+        self.encode.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    def schema(self) -> dict:
+        """The feature schema this encoder computes."""
+        return self.encoder.schema.model_dump()
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def encode(self, prompts: list[str]) -> list[dict[str, np.ndarray]]:
+        """Features of one prompt per call ({column: (hidden,) array}); Serve groups concurrent calls."""
+        features = await asyncio.to_thread(self.encoder.encode, prompts, len(prompts))
+        return [{column: values[i] for column, values in features.items()} for i in range(len(prompts))]
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
+class RouterHead:
+    """The router bundle and the policy: features in, decisions out. Refuses to start when the Encoder's
+    feature schema does not match the bundle's."""
+
+    async def __init__(self, bundle: str, encoder, policy_defaults: dict):
+        self.router = Router.load(bundle)
+        check_schema(self.router, FeatureSchema.model_validate(await encoder.schema.remote()))
+        self.default_policy = PolicyConfig.from_user(**{**self.router.manifest.default_policy, **policy_defaults})
+
+    def describe(self) -> dict:
+        """Targets, the default policy and the feature-schema id."""
+        return {"targets": self.router.targets, "default_policy": self.default_policy.model_dump(),
+                "feature_schema": self.router.feature_schema.schema_id}
+
+    def decide(self, features: list[dict[str, np.ndarray]], prompts: list[str], policy: dict) -> list[dict]:
+        """One decision per prompt: target, fallbacks (in order), probability and expected cost per target."""
+        stacked = {column: np.stack([f[column] for f in features]) for column in self.router.required_columns}
+        decisions = decide(self.router, stacked, prompts, PolicyConfig.from_user(**policy))
+        targets = self.router.targets
+        return [
+            {
+                "target": ranked[0],
+                "fallbacks": ranked[1:],
+                "probabilities": dict(zip(targets, decisions.proba[i].tolist())),
+                "expected_cost_usd": dict(zip(targets, decisions.expected_cost[i].tolist())),
+            }
+            for i, ranked in enumerate(decisions.fallback_names())
+        ]
