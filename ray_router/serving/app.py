@@ -289,7 +289,8 @@ def build_app(args: dict) -> Application:
     encoder = Encoder.options(
         ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
         autoscaling_config=options.autoscaling.model_dump(),
-    ).bind(config.bundle, options.max_batch_size, options.batch_wait_timeout_s, options.cache_dir)
+    ).bind(config.bundle, options.max_batch_size, options.batch_wait_timeout_s, options.cache_dir,
+           options.torch_threads)
     head = RouterHead.options(ray_actor_options={"num_cpus": config.head_num_cpus}).bind(
         config.bundle, encoder, config.policy)
     local = {}

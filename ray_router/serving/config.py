@@ -33,6 +33,9 @@ class EncoderOptions(_Strict):
     num_gpus: float = Field(0, ge=0, description="GPUs per replica; > 0 runs the encoder on CUDA")
     max_batch_size: int = Field(16, ge=1, description="prompts per encoder forward (1 = batching off)")
     batch_wait_timeout_s: float = Field(0.005, ge=0, description="how long a batch waits to fill")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads per replica (default: the node's cores; Ray would give a "
+        "fractional-CPU replica one thread)")
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
     cache_dir: str | None = Field(None, description="encoder cache (default: $RAY_ROUTER_CACHE or user cache)")
 

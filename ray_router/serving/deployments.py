@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import numpy as np
+import torch
 from ray import serve
 
 from ray_router.bundle import Router
@@ -18,7 +20,8 @@ class Encoder:
     """The bundle's PrefillEncoder (truncated to the layers it reads); concurrent prompts are batched."""
 
     def __init__(self, bundle: str, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.005,
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, torch_threads: int | None = None):
+        torch.set_num_threads(torch_threads or os.cpu_count() or 1)
         self.encoder = encoder_for(Router.load(bundle), cache_dir=cache_dir)  # UserError: schema mismatch
         self.encode.set_max_batch_size(max_batch_size)
         self.encode.set_batch_wait_timeout_s(batch_wait_timeout_s)
