@@ -36,6 +36,7 @@ from ray_router.bundle import Router
 from ray_router.errors import UserError
 from ray_router.extraction import default_concurrency
 from ray_router.feature_store import ids_hash
+from ray_router.importers.table import next_prompt_id
 from ray_router.inference import decide, encoder_for
 from ray_router.policies import PolicyConfig, allowed_mask
 from ray_router.ray_cluster import DEFAULT_ACTOR_CPUS, cluster_gpus, ensure_ray
@@ -215,7 +216,7 @@ def iter_queries(input: str, prompt_col: str = "prompt", id_col: str | None = No
         if id_col:
             ids = pc.cast(batch.column(id_col), pa.string()).to_pylist()
         else:
-            ids = [_next_prompt_id(p, seen_prompts) for p in prompts]
+            ids = [next_prompt_id(p, seen_prompts) for p in prompts]
         for i, qid in enumerate(ids):
             if qid is None or not qid.strip():
                 raise UserError(f"{input}: row {row + i + 1}: empty id in column {id_col!r}")
@@ -224,13 +225,6 @@ def iter_queries(input: str, prompt_col: str = "prompt", id_col: str | None = No
             seen_ids.add(qid)
         row += batch.num_rows
         yield pa.table({"query_id": pa.array(ids, pa.string()), "prompt": pa.array(prompts, pa.string())})
-
-
-def _next_prompt_id(prompt: str, seen: dict[str, int]) -> str:
-    """The id `ray_router.importers.table.prompt_ids` gives this prompt, given the prompts seen before it."""
-    base = hashlib.sha256(prompt.encode()).hexdigest()[:16]
-    seen[base] = seen.get(base, 0) + 1
-    return base if seen[base] == 1 else f"{base}-{seen[base]}"
 
 
 def _open_input(input: str, prompt_col: str, id_col: str | None) -> pads.Dataset:

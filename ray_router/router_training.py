@@ -5,8 +5,6 @@ A share of the training split (by a salted hash of query_id) is held out as the 
 validation set: it is never trained on, so evaluation can choose policy parameters on it.
 """
 
-import hashlib
-
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,7 +17,7 @@ from ray_router.layer_scan import ScanConfig, ScanResult, scan_layers
 from ray_router.metrics import roc_auc_per_target
 from ray_router.policies import PolicyConfig
 from ray_router.preprocessing import BlockPreprocessor
-from ray_router.routing_data import RoutingDataset
+from ray_router.routing_data import RoutingDataset, hash_fraction_mask
 from ray_router.training import TrainConfig, build_members, fit_ensemble
 
 HOLDOUT_SALT = "ray-router-holdout:"
@@ -57,12 +55,7 @@ class RouterTrainConfig(BaseModel):
 
 def holdout_mask(query_ids, fraction: float) -> np.ndarray:
     """True for the training rows held out as the router's validation set (stable salted hash)."""
-    threshold = fraction * 2.0**64
-    return np.array(
-        [int.from_bytes(hashlib.sha256((HOLDOUT_SALT + str(q)).encode()).digest()[:8], "big") < threshold
-         for q in query_ids],
-        dtype=bool,
-    )
+    return hash_fraction_mask(query_ids, fraction, salt=HOLDOUT_SALT)
 
 
 def split_for_training(dataset: RoutingDataset, fraction: float) -> tuple[RoutingDataset, RoutingDataset]:

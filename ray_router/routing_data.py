@@ -56,18 +56,21 @@ def output_tokens_column(target: str) -> str:
     return f"output_tokens:{target}"
 
 
+def hash_fraction_mask(query_ids: Sequence[str], fraction: float, salt: str = "") -> np.ndarray:
+    """(n,) bool: True where the first 8 bytes of sha256(salt + query_id) fall below fraction x 2^64,
+    so about `fraction` of the ids, the same ones on every machine and run, whatever the row order."""
+    threshold = fraction * 2.0**64
+    return np.array(
+        [int.from_bytes(hashlib.sha256((salt + str(q)).encode()).digest()[:8], "big") < threshold for q in query_ids],
+        dtype=bool,
+    )
+
+
 def deterministic_split(query_ids: Sequence[str], test_fraction: float = 0.15) -> np.ndarray:
     """"train"/"test" per query, from the sha256 of its query_id: stable across runs and machines."""
     if not 0.0 <= test_fraction <= 1.0:
         raise UserError(f"test fraction must be in [0, 1], got {test_fraction}")
-    threshold = test_fraction * 2.0**64
-    return np.array(
-        [
-            "test" if int.from_bytes(hashlib.sha256(str(q).encode()).digest()[:8], "big") < threshold else "train"
-            for q in query_ids
-        ],
-        dtype=object,
-    )
+    return np.where(hash_fraction_mask(query_ids, test_fraction), "test", "train").astype(object)
 
 
 def _schema(targets: Sequence[Target]) -> pa.Schema:

@@ -107,15 +107,18 @@ def _text_column(frame: pd.DataFrame, column: str | None, strip: bool = True) ->
     return [None] * len(frame) if column is None else [_text(v, strip) for v in frame[column]]
 
 
+def next_prompt_id(prompt: str, seen: dict[str, int]) -> str:
+    """The id of `prompt` given the prompts seen before it (`seen` is updated): sha256 prefix,
+    "-2", "-3", ... on repeats. Streaming callers keep one `seen` across batches."""
+    base = hashlib.sha256(prompt.encode()).hexdigest()[:16]
+    seen[base] = seen.get(base, 0) + 1
+    return base if seen[base] == 1 else f"{base}-{seen[base]}"
+
+
 def prompt_ids(prompts: list[str]) -> list[str]:
-    """Deterministic ids from prompt text: sha256 prefix, "-2", "-3", ... on repeats."""
+    """Deterministic ids from prompt text, in order (see next_prompt_id)."""
     seen: dict[str, int] = {}
-    ids = []
-    for prompt in prompts:
-        base = hashlib.sha256(prompt.encode()).hexdigest()[:16]
-        seen[base] = seen.get(base, 0) + 1
-        ids.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
-    return ids
+    return [next_prompt_id(p, seen) for p in prompts]
 
 
 def _split_column(frame: pd.DataFrame, column: str | None, where: str) -> list[str | None]:
