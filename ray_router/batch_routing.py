@@ -4,12 +4,15 @@ One library function, `route_queries`, behind both `jobs/batch_route.py` and `ra
 The driver streams the input (Parquet, JSONL or CSV; a file or a folder, local or cloud URI) in
 record batches, gives every row its query id (the id column, or sha256(prompt) prefixes with
 "-2", "-3", ... on repeats, as `ray-router data import table` does), skips the ids the output
-folder already holds and hands the rest to Ray Data, where `RouteWorker` actors encode the prompts
+folder already holds and writes the rest, length-sorted per file, to a queue folder. Ray Data reads
+the queue and streams it (with backpressure) through `RouteWorker` actors that encode the prompts
 and apply the router and the policy. The decisions stream back and are written as atomic Parquet
 shards, so an interrupted run resumes where it stopped; a manifest and a summary end a complete run.
+Memory stays flat in the number of rows: the driver holds one queue file's rows and the query ids.
 
 Output folder (local path or cloud URI):
     run.json                  router id, policy and input columns; a rerun with others is refused
+    queue/part-*.parquet      query_id, prompt of the queries still to route (rebuilt by each run, removed at the end)
     shards/part-*.parquet     query_id, target, fallbacks (list<string>), proba:<t>, expected_cost_usd:<t>
     manifest.json             rows, sha256 of the query ids, shards (written when every query is routed)
     summary.json              rows, share per target, expected cost vs always the most expensive target
@@ -29,6 +32,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import ray
+from ray.data.block import BlockMetadata
 from tqdm import tqdm
 
 from ray_router import storage
@@ -37,7 +41,7 @@ from ray_router.errors import UserError
 from ray_router.extraction import default_concurrency
 from ray_router.feature_store import ids_hash
 from ray_router.importers.table import next_prompt_id
-from ray_router.inference import decide, encoder_for
+from ray_router.inference import check_encoder, decide, encoder_for
 from ray_router.policies import PolicyConfig, allowed_mask
 from ray_router.ray_cluster import DEFAULT_ACTOR_CPUS, cluster_gpus, ensure_ray
 
@@ -45,6 +49,9 @@ RUN_FILE = "run.json"
 MANIFEST_FILE = "manifest.json"
 SUMMARY_FILE = "summary.json"
 SHARD_DIR = "shards"
+QUEUE_DIR = "queue"
+SORT_WINDOW_ROWS = 4096
+READ_CPUS = 0.1  # reading the queue is light; a whole CPU per read task would starve small nodes
 FORMAT_VERSION = 1
 PROBA_PREFIX = "proba:"
 COST_PREFIX = "expected_cost_usd:"
@@ -137,6 +144,10 @@ def route_queries(
     policy = resolve_policy(router, policy)
     allowed_mask(router.targets, policy.allowed)
     _open_input(input, prompt_col, id_col)  # fails early on a missing file or column
+    ensure_ray(ray_address)
+    num_gpus_per_worker = (1.0 if cluster_gpus() else 0.0) if num_gpus_per_worker is None else num_gpus_per_worker
+    device = "cuda" if num_gpus_per_worker > 0 else "cpu"
+    check_encoder(router, device)  # a schema mismatch is a UserError here, not an actor failure
     run = {
         "format_version": FORMAT_VERSION,
         "router_id": router_id(router),
@@ -148,21 +159,21 @@ def route_queries(
     _open_output(out, run)
 
     done = stored_query_ids(out)
-    ensure_ray(ray_address)
-    num_gpus_per_worker = (1.0 if cluster_gpus() else 0.0) if num_gpus_per_worker is None else num_gpus_per_worker
-    blocks, query_ids, computed = _todo_blocks(input, prompt_col, id_col, limit, done, rows_per_block=batch_size * 4)
+    queue = storage.join(out, QUEUE_DIR)
+    query_ids, computed = write_queue(input, queue, prompt_col, id_col, limit, done, rows_per_file=batch_size * 4)
     extra = done - query_ids
     if extra:
         raise UserError(
             f"{out} holds decisions for {len(extra)} queries that are not in {input} (e.g. {sorted(extra)[:3]}); "
             "use a new --out folder"
         )
-    if blocks:
+    if computed:
         workers = concurrency or default_concurrency(num_gpus_per_worker, cpus_per_worker)
-        _run_pipeline(router, policy, blocks, out, total=computed, workers=workers, batch_size=batch_size,
+        _run_pipeline(router, policy, queue, out, device=device, total=computed, workers=workers, batch_size=batch_size,
                       num_gpus_per_worker=num_gpus_per_worker, cpus_per_worker=cpus_per_worker,
                       shard_rows=shard_rows)
     manifest = _finalize(out, query_ids)
+    storage.delete_dir(queue)
     summary = summarize(out, router.targets)
     storage.write_json_atomic(storage.join(out, SUMMARY_FILE), asdict(summary))
     return BatchRoutingResult(computed=computed, already_done=len(query_ids) - computed, manifest=manifest,
@@ -250,46 +261,88 @@ def _open_input(input: str, prompt_col: str, id_col: str | None) -> pads.Dataset
     return dataset
 
 
-def _todo_blocks(input, prompt_col, id_col, limit, done, rows_per_block) -> tuple[list, set[str], int]:
-    """Object refs of the (query_id, prompt) blocks still to route, every query id of the run, rows to route."""
-    refs, query_ids, pending, todo = [], set(), [], 0
+def write_queue(input: str, queue: str, prompt_col: str, id_col: str | None, limit: int | None,
+                done: set[str], rows_per_file: int) -> tuple[set[str], int]:
+    """Stream the queries not in `done` into small Parquet files under `queue`; returns every query id
+    and the number of queries queued.
+
+    Each file is one Ray Data block (a few batches), so the actor pool has work to share; rows are
+    sorted by prompt length within windows of SORT_WINDOW_ROWS, so that consecutive batches pad
+    little. The driver holds one window's rows (and the query ids), whatever the size of `input`.
+    """
+    storage.delete_dir(queue)
+    query_ids: set[str] = set()
     done_ids = pa.array(sorted(done), pa.string())
+    pending: list[pa.Table] = []
+    queued = files = 0
     remaining = limit
-    for table in iter_queries(input, prompt_col, id_col, rows_per_batch=rows_per_block):
+
+    def flush() -> None:
+        nonlocal pending, queued, files
+        table = pa.concat_tables(pending)
+        pending = []
+        order = np.argsort(pc.utf8_length(table.column("prompt")).to_numpy(), kind="stable")
+        table = table.take(pa.array(order))
+        for start in range(0, len(table), rows_per_file):
+            storage.write_parquet_atomic(table.slice(start, rows_per_file),
+                                         storage.join(queue, f"part-{files:08d}.parquet"))
+            files += 1
+        queued += len(table)
+
+    for table in iter_queries(input, prompt_col, id_col, rows_per_batch=SORT_WINDOW_ROWS):
         if remaining is not None:
             table = table.slice(0, remaining)
             remaining -= len(table)
         query_ids.update(table.column("query_id").to_pylist())
-        keep = pc.invert(pc.is_in(table.column("query_id"), value_set=done_ids))
-        pending.append(table.filter(keep))
-        todo += len(pending[-1])
-        if sum(len(t) for t in pending) >= rows_per_block:
-            refs.extend(_put_blocks(pa.concat_tables(pending), rows_per_block))
-            pending = []
+        pending.append(table.filter(pc.invert(pc.is_in(table.column("query_id"), value_set=done_ids))))
+        if sum(len(t) for t in pending) >= SORT_WINDOW_ROWS:
+            flush()
         if remaining == 0:
             break
-    if pending:
-        refs.extend(_put_blocks(pa.concat_tables(pending), rows_per_block))
-    return refs, query_ids, todo
+    if sum(len(t) for t in pending):
+        flush()
+    return query_ids, queued
 
 
-def _put_blocks(table: pa.Table, rows_per_block: int) -> list:
-    """Blocks sorted by prompt length (little padding per batch), put in the object store."""
-    blocks = []
-    for start in range(0, len(table), rows_per_block):
-        block = table.slice(start, rows_per_block)
-        order = np.argsort(pc.utf8_length(block.column("prompt")).to_numpy(), kind="stable")
-        blocks.append(ray.put(block.take(pa.array(order))))
-    return blocks
+class QueueDatasource(ray.data.Datasource):
+    """The queue folder as a Ray Data source: one read task (and block) per queue file.
+
+    `read_parquet` merges small files into one block, which would give the whole queue to one actor.
+    """
+
+    def __init__(self, files: list[str]):
+        super().__init__()
+        self.files = files
+
+    def estimate_inmemory_data_size(self) -> None:
+        return None
+
+    def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None) -> list[ray.data.ReadTask]:
+        return [
+            ray.data.ReadTask(lambda file=file: [storage.read_parquet(file)],
+                              BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(file,)),
+                              per_task_row_limit=per_task_row_limit)
+            for file in self.files
+        ]
 
 
-def _run_pipeline(router, policy, blocks, out, *, total, workers, batch_size, num_gpus_per_worker, cpus_per_worker,
+def _read_queue(queue: str) -> ray.data.Dataset:
+    """The queue as a Ray Data dataset; a local queue is read on this node (other nodes cannot see it)."""
+    fs, _ = storage.resolve(queue)
+    resources = None
+    if isinstance(fs, pafs.LocalFileSystem):
+        resources = {f"node:{ray.util.get_node_ip_address()}": 0.001}
+    source = QueueDatasource(storage.list_files(queue, suffix=".parquet"))
+    return ray.data.read_datasource(source, num_cpus=READ_CPUS, resources=resources)
+
+
+def _run_pipeline(router, policy, queue, out, *, device, total, workers, batch_size, num_gpus_per_worker, cpus_per_worker,
                   shard_rows) -> None:
     threads = None if num_gpus_per_worker > 0 else max(1, (os.cpu_count() or 1) // workers)
-    decisions = ray.data.from_arrow_refs(blocks).map_batches(
+    decisions = _read_queue(queue).map_batches(
         RouteWorker,
         fn_constructor_kwargs={"router": router, "policy": policy.model_dump(mode="json"),
-                               "device": "cuda" if num_gpus_per_worker > 0 else "cpu", "torch_threads": threads},
+                               "device": device, "torch_threads": threads},
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=workers),

@@ -6,19 +6,23 @@
     preprocessing.safetensors    per-block scaler means/scales and PCA components
     ensemble.safetensors         the kept ensemble members' weights (`member<i>.<param>`)
 
-No pickle: loading reads JSON and tensors only, and checks versions and shapes.
+No pickle: loading reads JSON and tensors only, and checks versions, shapes and the sha256 of
+each tensor file recorded in router.json. The folder may be a local path or a cloud URI; router.json
+is written last, so a bundle interrupted while being overwritten is refused, never half-loaded.
 """
 
+import hashlib
 import json
+import os
 import time
-from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 from safetensors import SafetensorError
-from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
-from safetensors.torch import load_file as load_torch, save_file as save_torch
+from safetensors.numpy import load as load_numpy, save as save_numpy
+from safetensors.torch import load as load_torch, save as save_torch
 
+from ray_router import storage
 from ray_router.cost_model import CostModel
 from ray_router.errors import UserError, validation_message
 from ray_router.feature_schema import FeatureSchema
@@ -55,6 +59,7 @@ class RouterManifest(BaseModel):
     default_policy: dict = Field(default_factory=dict)
     train_config: TrainConfig
     validation: dict = Field(default_factory=dict)
+    file_sha256: dict[str, str] = Field(default_factory=dict)  # tensor file name -> sha256 of its bytes
 
 
 class Router:
@@ -90,29 +95,29 @@ class Router:
         return self.manifest.cost_model.expected_cost(prompts)
 
     # -- persistence -----------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Write the bundle folder (files written to a temporary folder, then renamed)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{time.time_ns()}")
-        tmp.mkdir(parents=True)
-        (tmp / MANIFEST_FILE).write_text(self.manifest.model_dump_json(indent=2))
-        save_numpy(self.preprocessor.to_tensors(), str(tmp / PREPROCESSING_FILE))
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the bundle folder (local path or URI): each file atomically, router.json last."""
+        path = os.fspath(path)
         weights = {f"member{i}.{k}": v.detach().cpu().contiguous()
                    for i, m in enumerate(self.members) for k, v in m.state_dict().items()}
-        save_torch(weights, str(tmp / ENSEMBLE_FILE))
-        if path.exists():
-            _remove_bundle(path)
-        tmp.rename(path)
+        files = {PREPROCESSING_FILE: save_numpy(self.preprocessor.to_tensors()), ENSEMBLE_FILE: save_torch(weights)}
+        manifest = self.manifest.model_copy(
+            update={"file_sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
+        )
+        for name, data in files.items():
+            storage.write_bytes_atomic(storage.join(path, name), data)
+        storage.write_bytes_atomic(storage.join(path, MANIFEST_FILE), manifest.model_dump_json(indent=2).encode())
+        self.manifest = manifest
 
     @classmethod
-    def load(cls, path: str | Path) -> "Router":
+    def load(cls, path: str | os.PathLike) -> "Router":
         """Load and check a bundle folder; UserError naming the problem when it is not a valid one."""
-        path = Path(path)
-        manifest_file = path / MANIFEST_FILE
-        if not manifest_file.is_file():
+        path = os.fspath(path).rstrip("/")
+        manifest_file = storage.join(path, MANIFEST_FILE)
+        if not storage.exists(manifest_file):
             raise UserError(f"{path} is not a router bundle (no {MANIFEST_FILE})")
         try:
-            raw = json.loads(manifest_file.read_text())
+            raw = json.loads(storage.read_bytes(manifest_file))
         except json.JSONDecodeError as err:
             raise UserError(f"{manifest_file}: not valid JSON ({err})") from None
         version = raw.get("bundle_format_version")
@@ -124,10 +129,11 @@ class Router:
             manifest = RouterManifest.model_validate(raw)
         except ValidationError as err:
             raise UserError(f"{manifest_file}: invalid router manifest: {validation_message(err)}") from None
+        files = {name: _read_tensor_file(path, name, manifest) for name in (PREPROCESSING_FILE, ENSEMBLE_FILE)}
         try:
-            tensors = load_numpy(str(path / PREPROCESSING_FILE))
-            weights = load_torch(str(path / ENSEMBLE_FILE))
-        except (FileNotFoundError, SafetensorError, OSError) as err:
+            tensors = load_numpy(files[PREPROCESSING_FILE])
+            weights = load_torch(files[ENSEMBLE_FILE])
+        except (SafetensorError, ValueError) as err:
             raise UserError(f"{path}: unreadable bundle tensors ({err})") from None
         blocks = [(b.column, b.k) for b in manifest.blocks]
         try:
@@ -140,7 +146,19 @@ class Router:
         return cls(manifest, preprocessor, members)
 
 
-def _load_member(manifest: RouterManifest, weights: dict, i: int, path: Path) -> SharedTrunkNet:
+def _read_tensor_file(path: str, name: str, manifest: RouterManifest) -> bytes:
+    """A tensor file's bytes, checked against the sha256 that router.json records for it."""
+    try:
+        data = storage.read_bytes(storage.join(path, name))
+    except (FileNotFoundError, OSError) as err:
+        raise UserError(f"{path}: unreadable bundle tensors ({err})") from None
+    expected = manifest.file_sha256.get(name)
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise UserError(f"{path}/{name}: does not match the sha256 in {MANIFEST_FILE} (changed or partly written)")
+    return data
+
+
+def _load_member(manifest: RouterManifest, weights: dict, i: int, path: str) -> SharedTrunkNet:
     net = build_model(manifest.d_in, len(manifest.targets), manifest.train_config)
     prefix = f"member{i}."
     state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
@@ -149,9 +167,3 @@ def _load_member(manifest: RouterManifest, weights: dict, i: int, path: Path) ->
     except RuntimeError as err:
         raise UserError(f"{path}/{ENSEMBLE_FILE}: member {i} does not match router.json ({str(err).splitlines()[0]})") from None
     return net.eval()
-
-
-def _remove_bundle(path: Path) -> None:
-    for name in (MANIFEST_FILE, PREPROCESSING_FILE, ENSEMBLE_FILE):
-        (path / name).unlink(missing_ok=True)
-    path.rmdir()

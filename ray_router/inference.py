@@ -13,7 +13,7 @@ from ray_router.bundle import Router
 from ray_router.errors import UserError
 from ray_router.feature_schema import FeatureSchema
 from ray_router.policies import PolicyConfig, route
-from ray_router.prefill_encoder import PrefillEncoder
+from ray_router.prefill_encoder import PrefillEncoder, resolve_schema
 
 # Fields that must agree between the encoder at inference and the features a router was trained on;
 # layers and poolings may differ (the encoder computes only the columns the router reads).
@@ -34,17 +34,27 @@ def check_schema(router: Router, encoder_schema: FeatureSchema) -> None:
         )
 
 
-def encoder_for(router: Router, device: str | None = None, cache_dir: str | None = None) -> PrefillEncoder:
-    """The PrefillEncoder that computes exactly the router's feature columns (and no deeper layers)."""
+def encoder_kwargs(router: Router, device: str | None = None, cache_dir: str | None = None) -> dict:
+    """PrefillEncoder arguments that compute exactly the router's feature columns (and no deeper layers)."""
     schema = router.feature_schema
     columns = router.required_columns
     layers = sorted({layer for layer in schema.layers for p in schema.poolings if schema.column_name(layer, p) in columns})
     poolings = [p for p in schema.poolings if any(schema.column_name(layer, p) in columns for layer in layers)]
-    encoder = PrefillEncoder(
-        schema.encoder, layers=layers, poolings=poolings, max_tokens=schema.max_tokens,
+    return dict(
+        spec=schema.encoder, layers=layers, poolings=poolings, max_tokens=schema.max_tokens,
         truncation_side=schema.truncation_side, chat_template=schema.chat_template, dtype=schema.dtype,
         device=device, cache_dir=cache_dir,
     )
+
+
+def check_encoder(router: Router, device: str | None = None, cache_dir: str | None = None) -> None:
+    """UserError unless the router's encoder can be built here with its training schema (no weights loaded)."""
+    check_schema(router, resolve_schema(**encoder_kwargs(router, device, cache_dir)))
+
+
+def encoder_for(router: Router, device: str | None = None, cache_dir: str | None = None) -> PrefillEncoder:
+    """The PrefillEncoder that computes exactly the router's feature columns (and no deeper layers)."""
+    encoder = PrefillEncoder(**encoder_kwargs(router, device, cache_dir))
     check_schema(router, encoder.schema)
     return encoder
 

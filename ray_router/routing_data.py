@@ -12,17 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pydantic
 
+from ray_router import storage
 from ray_router.errors import UserError
 
 FORMAT_VERSION = 1
@@ -301,26 +299,18 @@ class RoutingDataset:
 
     # --- persistence -----------------------------------------------------------------------------
     def write(self, path: str | os.PathLike) -> None:
-        """Write Parquet atomically: a temporary file in the same folder, then os.replace."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            pq.write_table(self._table, temporary)
-            os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        """Write Parquet atomically (local path or cloud URI): a temporary file, then a rename."""
+        storage.write_parquet_atomic(self._table, os.fspath(path))
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> RoutingDataset:
-        """Read a dataset written by `write`; UserError naming the file when it is missing, not
-        Parquet, not a routing dataset, or written by a newer format version."""
-        path = Path(path)
-        if not path.is_file():
+        """Read a dataset written by `write` (local path or cloud URI); UserError naming the file when it
+        is missing, not Parquet, not a routing dataset, or written by a newer format version."""
+        path = os.fspath(path)
+        if not storage.is_file(path):
             raise UserError(f"{path}: no such file")
         try:
-            table = pq.read_table(path)
+            table = storage.read_parquet(path)
         except (pa.ArrowException, OSError) as err:
             raise UserError(f"{path}: not a readable Parquet file ({err})") from None
         raw = (table.schema.metadata or {}).get(METADATA_KEY)

@@ -32,9 +32,27 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def is_file(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
 def makedirs(uri: str) -> None:
     fs, path = resolve(uri)
     fs.create_dir(path, recursive=True)
+
+
+def delete_dir(uri: str) -> None:
+    """Remove a folder and everything in it; nothing happens when it does not exist."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
 
 
 def list_files(uri: str, suffix: str = "") -> list[str]:
@@ -76,9 +94,7 @@ def write_json_atomic(uri: str, obj) -> None:
 
 
 def read_json(uri: str):
-    fs, path = resolve(uri)
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read())
+    return json.loads(read_bytes(uri))
 
 
 def write_parquet_atomic(table: pa.Table, uri: str) -> None:

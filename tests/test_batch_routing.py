@@ -65,6 +65,7 @@ def test_decisions_match_in_process_routing_and_resume(bundle, queries, ray_clus
                                   reference.expected_cost)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["rows"] == N_QUERIES and len(manifest["shards"]) >= 2
+    assert not (out / "queue").exists()  # the queue of a complete run is removed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows"] == N_QUERIES
     assert summary["share"] == {t: reference.chosen().count(t) / N_QUERIES for t in router.targets}
@@ -117,3 +118,18 @@ def test_user_mistakes(bundle, queries, tmp_path):
         route_queries(bundle, str(source), str(tmp_path / "c"), {"allowed": ["nope"]}, prompt_col="text")
     with pytest.raises(UserError, match="no such file"):
         route_queries(bundle, str(tmp_path / "missing.csv"), str(tmp_path / "d"))
+
+
+def test_encoder_mismatch_is_refused_before_any_actor_starts(bundle, queries, ray_cluster, tmp_path):
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "router.json").read_text())
+    manifest["feature_schema"]["weight_hash"] = "0" * 64  # trained on other weights than the encoder's
+    (copy / "router.json").write_text(json.dumps(manifest))
+    source = tmp_path / "queries.jsonl"
+    queries.to_json(source, orient="records", lines=True)
+    with pytest.raises(UserError, match="do not match the router's feature schema"):
+        route_queries(str(copy), str(source), str(tmp_path / "out"), prompt_col="text", id_col="qid")
+    assert not (tmp_path / "out").exists()

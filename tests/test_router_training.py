@@ -104,8 +104,18 @@ def test_truncated_weights_file_is_refused(bundle, tmp_path):
     shutil.copytree(bundle, copy)
     data = (copy / "ensemble.safetensors").read_bytes()
     (copy / "ensemble.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(UserError, match="unreadable"):
+    with pytest.raises(UserError, match="ensemble.safetensors: does not match the sha256"):
         Router.load(copy)
+
+
+def test_bundle_saves_and_loads_through_a_uri(bundle, tmp_path):
+    router = Router.load(bundle)
+    uri = f"file://{tmp_path}/uri-bundle"
+    router.save(uri)
+    again = Router.load(uri)
+    assert again.manifest == router.manifest
+    assert sorted(p.name for p in (tmp_path / "uri-bundle").iterdir()) == [
+        "ensemble.safetensors", "preprocessing.safetensors", "router.json"]
 
 
 def test_bad_train_config_is_one_line_error(small_routerbench, small_features, tmp_path):
