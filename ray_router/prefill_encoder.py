@@ -253,24 +253,16 @@ class PrefillEncoder:
             self._pooled[FeatureSchema.column_name(layer, pooling)] = pooled
 
 
-def resolve_schema(
-    spec: str,
-    layers: Sequence[int],
-    poolings: Sequence[str] = ("last",),
-    max_tokens: int = 2048,
-    truncation_side: str = "left",
-    chat_template: bool = True,
-    dtype: str | torch.dtype | None = None,
-    device: str | torch.device | None = None,
-    cache_dir: str | Path | None = None,
-    padding_side: str = "right",
-) -> FeatureSchema:
-    """The schema of PrefillEncoder(same arguments), without loading the weights (e.g. on a Ray driver).
+def resolve_schema(*args, **kwargs) -> FeatureSchema:
+    """The schema of PrefillEncoder(*args, **kwargs), without loading the weights (e.g. on a Ray driver).
 
     The device is only used for the default dtype: it need not exist on this machine.
     """
-    _check_choice("padding_side", padding_side, _SIDES)
-    return _plan(spec, layers, poolings, max_tokens, truncation_side, chat_template, dtype, device, cache_dir).schema
+    bound = inspect.signature(PrefillEncoder).bind(*args, **kwargs)
+    bound.apply_defaults()
+    options = dict(bound.arguments)
+    _check_choice("padding_side", options.pop("padding_side"), _SIDES)
+    return _plan(**options).schema
 
 
 class _Plan(NamedTuple):
