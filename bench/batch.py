@@ -13,6 +13,10 @@ the router bundle of `make demo` by default:
 - Peak memory of every run: the driver's RSS and the summed RSS of the private cluster's processes
   (GCS, raylet, object store, workers; all children of this process), sampled every 0.2 s, and the
   object store's shared memory in use. Streaming means (c) peaks where (a) does.
+- (d) The driver's share at scale, without the encoder: `write_queue` (what the driver does before
+  Ray Data takes over) on M and 4M rows (the sample's prompts repeated under distinct ids, default
+  M = 50,000), peak growth of this process's RSS during the call. It grows only by the query ids
+  kept for resume (bytes a row = growth difference / 3M).
 - Encoder share: the router's PrefillEncoder alone, in this process with the same threads, on the
   same N prompts, over the steady time of N rows in the pipeline. The rest is Ray Data, the queue,
   the router head and policy, and the decision shards.
@@ -34,7 +38,7 @@ import ray
 import torch
 from extract import load_average, machine, sample_prompts  # bench/extract.py (sets Ray's environment too)
 
-from ray_router.batch_routing import route_queries
+from ray_router.batch_routing import route_queries, write_queue
 from ray_router.bundle import Router
 from ray_router.inference import encoder_for
 
@@ -88,6 +92,26 @@ def routing_run(bundle: str, queries: Path, rows: int, workers: int, batch_size:
             "object_store_used_after_mb": round(object_store_used() / 2**20, 1), "load_average_after": load_average()}
 
 
+def queue_run(prompts: list[str], rows: int, work: Path) -> dict:
+    """Peak RSS growth of this process while `write_queue` queues `rows` rows (prompts repeated, distinct ids)."""
+    source = work / f"queue-input-{rows}.parquet"
+    schema = pa.schema({"query_id": pa.string(), "prompt": pa.string()})
+    with pq.ParquetWriter(source, schema) as writer:  # written in chunks: the input never sits in memory
+        for start in range(0, rows, 10_000):
+            ids = range(start, min(rows, start + 10_000))
+            writer.write_table(pa.table({"query_id": [f"q{i}" for i in ids],
+                                         "prompt": [prompts[i % len(prompts)] for i in ids]}, schema=schema))
+    before = psutil.Process().memory_info().rss
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        _, queued = write_queue(str(source), str(work / f"queue-{rows}"), "prompt", "query_id", None, set(),
+                                rows_per_file=64)
+        wall = time.perf_counter() - started
+    assert queued == rows
+    return {"rows": rows, "wall_s": round(wall, 2), "driver_rss_before_mb": round(before / 2**20),
+            "peak_driver_rss_growth_mb": round((memory.driver - before) / 2**20, 1)}
+
+
 def encoder_alone(bundle: str, prompts: list[str], batch_size: int) -> float:
     """Seconds the router's PrefillEncoder takes on `prompts` in this process (after one warm-up batch)."""
     encoder = encoder_for(Router.load(bundle))
@@ -102,6 +126,7 @@ def main() -> None:
     parser.add_argument("--bundle", default="build/router", help="Router bundle (default: the one `make demo` trains).")
     parser.add_argument("--rows", type=int, default=200, help="N: rows of runs (a) and (b); run (c) routes 4N.")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--queue-rows", type=int, default=50_000, help="M: rows of the driver-only run (d); 4M too.")
     parser.add_argument("--out", default="bench/results/batch.json")
     args = parser.parse_args()
     if not (Path(args.bundle) / "router.json").exists():
@@ -123,12 +148,17 @@ def main() -> None:
         runs = [routing_run(args.bundle, queries, rows, workers, args.batch_size, work)
                 for rows, workers in ((n, 1), (4 * n, 1), (n, 2))]
         ray.shutdown()
+        queue_runs = [queue_run(prompts, rows, work) for rows in (args.queue_rows, 4 * args.queue_rows)]
     one, large, two = runs
     steady_qps = 3 * n / (large["wall_s"] - one["wall_s"])
     torch.set_num_threads(os.cpu_count())
     encoder_s = encoder_alone(args.bundle, prompts[:n], args.batch_size)
     results.update({
         "runs": runs,
+        "queue_runs": queue_runs,
+        "queue_driver_growth_bytes_per_row": round(
+            (queue_runs[1]["peak_driver_rss_growth_mb"] - queue_runs[0]["peak_driver_rss_growth_mb"]) * 2**20
+            / (3 * args.queue_rows), 1),
         "steady_queries_per_s_1_worker": round(steady_qps, 2),
         "fixed_cost_s": round(one["wall_s"] - n / steady_qps, 1),
         "scaling_2_vs_1_workers": round(two["queries_per_s"] / one["queries_per_s"], 3),
@@ -144,7 +174,9 @@ def main() -> None:
     for run in runs:
         print(f"{run['rows']:>5} rows, {run['workers']} worker(s){run['wall_s']:>8}{run['queries_per_s']:>8}"
               f"{run['peak_driver_rss_mb']:>11}{run['peak_cluster_rss_mb']:>12}")
-    for key in ("steady_queries_per_s_1_worker", "fixed_cost_s", "scaling_2_vs_1_workers",
+    for run in queue_runs:
+        print(f"queue only, {run['rows']} rows: {run['wall_s']} s, driver RSS growth {run['peak_driver_rss_growth_mb']} MB")
+    for key in ("queue_driver_growth_bytes_per_row", "steady_queries_per_s_1_worker", "fixed_cost_s", "scaling_2_vs_1_workers",
                 "peak_cluster_rss_4n_over_n", "peak_driver_rss_4n_over_n", "encoder_share"):
         print(f"{key}: {results[key]}")
     print(f"wrote {args.out}")

@@ -43,7 +43,7 @@ from ray_router.feature_store import ids_hash
 from ray_router.importers.table import next_prompt_id
 from ray_router.inference import check_encoder, decide, encoder_for
 from ray_router.policies import PolicyConfig, allowed_mask
-from ray_router.ray_cluster import DEFAULT_ACTOR_CPUS, cluster_gpus, ensure_ray
+from ray_router.ray_cluster import DEFAULT_ACTOR_CPUS, cluster_gpus, ensure_ray, worker_torch_threads
 
 RUN_FILE = "run.json"
 MANIFEST_FILE = "manifest.json"
@@ -338,7 +338,7 @@ def _read_queue(queue: str) -> ray.data.Dataset:
 
 def _run_pipeline(router, policy, queue, out, *, device, total, workers, batch_size, num_gpus_per_worker, cpus_per_worker,
                   shard_rows) -> None:
-    threads = None if num_gpus_per_worker > 0 else max(1, (os.cpu_count() or 1) // workers)
+    threads = worker_torch_threads(workers, num_gpus_per_worker)
     decisions = _read_queue(queue).map_batches(
         RouteWorker,
         fn_constructor_kwargs={"router": router, "policy": policy.model_dump(mode="json"),

@@ -7,7 +7,6 @@ writes the results as atomic Parquet shards while they stream back, so an interr
 where it stopped.
 """
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +16,7 @@ import ray
 from ray_router.errors import UserError
 from ray_router.feature_store import FeatureStore
 from ray_router.prefill_encoder import PrefillEncoder, resolve_schema
-from ray_router.ray_cluster import DEFAULT_ACTOR_CPUS, cluster_cpus, cluster_gpus, ensure_ray
+from ray_router.ray_cluster import DEFAULT_ACTOR_CPUS, cluster_cpus, cluster_gpus, ensure_ray, worker_torch_threads
 from ray_router.routing_data import RoutingDataset
 
 
@@ -141,7 +140,7 @@ def _run_pipeline(store, query_ids, prompts, encoder_kwargs, *, workers, batch_s
     table = pa.table({"query_id": [query_ids[i] for i in order], "prompt": [prompts[i] for i in order]})
     rows_per_block = batch_size * 4
     blocks = [table.slice(s, rows_per_block) for s in range(0, len(table), rows_per_block)]
-    threads = None if num_gpus_per_worker > 0 else max(1, (os.cpu_count() or 1) // workers)
+    threads = worker_torch_threads(workers, num_gpus_per_worker)
     features = ray.data.from_arrow(blocks).map_batches(
         EncoderWorker,
         fn_constructor_kwargs={"encoder_kwargs": encoder_kwargs, "torch_threads": threads},

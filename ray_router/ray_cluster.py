@@ -24,3 +24,8 @@ def cluster_cpus() -> float:
 def cluster_gpus() -> float:
     """GPUs the connected cluster has in total (0 on a laptop)."""
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def worker_torch_threads(workers: int, num_gpus_per_worker: float) -> int | None:
+    """Torch threads per CPU encoder actor: the node's cores shared among the pool (Ray would give one)."""
+    return None if num_gpus_per_worker > 0 else max(1, (os.cpu_count() or 1) // workers)
