@@ -5,11 +5,9 @@ all targets), d_eff is computed once, and Fisher J and the probe's CV ROC-AUC pe
 whose label is known. The selection is per target the (layer, pooling) with the highest J (or AUC).
 """
 
+import io
 import os
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import matplotlib
@@ -21,6 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from ray_router import storage
 from ray_router.errors import UserError
 from ray_router.probes import effective_dimensionality, fisher_separability, probe_auc, reduce_features
 from ray_router.ray_cluster import ensure_ray
@@ -204,17 +203,6 @@ def scan_layers(
     return ScanResult(rows=rows, selection=_select(rows, config.select), config=config)
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename it over `path`."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 @dataclass
 class ScanResult:
     """The table of probe statistics (one row per target, layer, pooling) and the per-target selection."""
@@ -242,10 +230,10 @@ class ScanResult:
         )
         return chosen.merge(self.rows, on=["target", "layer", "pooling"], how="left")
 
-    def write(self, out_dir: str | Path) -> None:
-        """Write scan.csv, selection.json and scan.png into out_dir (each file replaced atomically)."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    def write(self, out_dir: str | os.PathLike) -> None:
+        """Write scan.csv, selection.json and scan.png into out_dir, a local folder or a cloud URI (each
+        file replaced atomically)."""
+        out = os.fspath(out_dir)
         no_signal = set(self.no_signal_targets)
         selection_file = _SelectionFile(
             format_version=SELECTION_FORMAT_VERSION,
@@ -261,23 +249,23 @@ class ScanResult:
                 for row in self.selected_rows().itertuples()
             },
         )
-        _write_atomically(out / SCAN_CSV, lambda p: self.rows.to_csv(p, index=False))
-        _write_atomically(out / SELECTION_JSON, lambda p: p.write_text(selection_file.model_dump_json(indent=2)))
-        _write_atomically(out / SCAN_PNG, lambda p: _plot(self, p))
+        storage.write_bytes_atomic(storage.join(out, SCAN_CSV), self.rows.to_csv(index=False).encode())
+        storage.write_bytes_atomic(storage.join(out, SELECTION_JSON), selection_file.model_dump_json(indent=2).encode())
+        storage.write_bytes_atomic(storage.join(out, SCAN_PNG), _plot(self))
 
     @classmethod
-    def read(cls, out_dir: str | Path) -> "ScanResult":
+    def read(cls, out_dir: str | os.PathLike) -> "ScanResult":
         """Load a scan written by `write` (fails with a UserError naming the file when it is unusable)."""
-        out = Path(out_dir)
-        csv_path, json_path = out / SCAN_CSV, out / SELECTION_JSON
+        out = os.fspath(out_dir)
+        csv_path, json_path = storage.join(out, SCAN_CSV), storage.join(out, SELECTION_JSON)
         for path in (csv_path, json_path):
-            if not path.is_file():
+            if not storage.is_file(path):
                 raise UserError(f"{path} not found: is {out} the output folder of scan-layers?")
         try:
-            selection_file = _SelectionFile.model_validate_json(json_path.read_text())
+            selection_file = _SelectionFile.model_validate_json(storage.read_bytes(json_path))
         except pydantic.ValidationError as err:
             raise UserError(f"{json_path} is not a valid layer-scan selection: {err}") from err
-        rows = pd.read_csv(csv_path, keep_default_na=False, na_values={c: [""] for c in ("J", "probe_auc")})
+        rows = pd.read_csv(io.BytesIO(storage.read_bytes(csv_path)), keep_default_na=False, na_values={c: [""] for c in ("J", "probe_auc")})
         missing = [c for c in COLUMNS if c not in rows.columns]
         if missing:
             raise UserError(f"{csv_path} lacks the columns {missing}")
@@ -314,10 +302,10 @@ class ScanResult:
         )
 
 
-def _plot(result: ScanResult, path: Path) -> None:
-    """Top: mean J, d_eff and mean probe AUC vs layer (one line per pooling). Below: heatmaps
-    targets x layers of J (scaled by each target's max J) and of probe AUC, one column per pooling;
-    a white square marks each target's selected (layer, pooling)."""
+def _plot(result: ScanResult) -> bytes:
+    """The scan plot as PNG bytes. Top: mean J, d_eff and mean probe AUC vs layer (one line per pooling).
+    Below: heatmaps targets x layers of J (scaled by each target's max J) and of probe AUC, one column
+    per pooling; a white square marks each target's selected (layer, pooling)."""
     rows = result.rows
     targets = result.targets
     layers = sorted(rows["layer"].unique())
@@ -389,4 +377,6 @@ def _plot(result: ScanResult, path: Path) -> None:
             ax.set_yticks(range(len(targets)), labels, fontsize=7 if len(targets) > 15 else 9)
             if column == len(poolings) - 1:
                 fig.colorbar(image, ax=heat_axes[row_index, :], shrink=0.9, label=title)
-    fig.savefig(path, format="png", dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()

@@ -137,6 +137,7 @@ def test_write_read_round_trip_and_plot(tmp_path, scan):
     assert image.shape[0] > 800 and image.shape[1] > 800
     assert image[..., :3].std() > 0.1  # not a blank canvas
     assert (out / "scan.png").stat().st_size > 30_000
+    assert ScanResult.read(f"file://{out}").selection == scan.selection  # URIs go through pyarrow filesystems
 
 
 def test_read_refuses_a_broken_scan_folder(tmp_path, scan):
