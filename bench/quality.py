@@ -5,8 +5,9 @@
 
 Every step is the `ray-router` command a user would run, as a subprocess; its output goes to
 <work>/<step>.log and its wall time into the result. Extraction resumes into <work>/features, so a
-rerun (or an interrupted run) only computes the missing queries. `--sample N` routes a deterministic
-sample of N queries (the N smallest sha256(query_id)), the same for every router in the report.
+rerun (or an interrupted run) only computes the missing queries. `--sample N` uses a deterministic
+sample of N queries: the whole test split, then the training queries with the smallest sha256(query_id);
+every router in the report is trained and scored on the same rows.
 
 The result JSON holds, for the prefill router and each semantic baseline: gap closed and cost savings
 at the best-accuracy point and at the point matching the best single target, mean AUC, AIQ; and the
@@ -109,13 +110,17 @@ def format_figures(result: dict) -> str:
 
 
 def _sample(full: Path, n: int, out: Path) -> Path:
-    """A deterministic sample of n queries (smallest sha256 of the query id), written once."""
+    """A deterministic sample of n queries, written once: the whole test split (so that the test rows are
+    those of a full run), then the training queries with the smallest sha256(query_id)."""
     if not out.exists():
         from ray_router.routing_data import RoutingDataset
 
         dataset = RoutingDataset.read(full)
-        ids = sorted(dataset.query_ids, key=lambda q: hashlib.sha256(str(q).encode()).hexdigest())[:n]
-        dataset.select(query_ids=ids).write(out)
+        test = list(dataset.select(split="test").query_ids)
+        train = sorted(dataset.select(split="train").query_ids, key=lambda q: hashlib.sha256(str(q).encode()).hexdigest())
+        if n < len(test):
+            sys.exit(f"--sample {n} is smaller than the test split ({len(test)} queries)")
+        dataset.select(query_ids=test + train[: n - len(test)]).write(out)
     return out
 
 
