@@ -15,7 +15,7 @@ the router bundle of `make demo` by default:
   object store's shared memory in use. Streaming means (c) peaks where (a) does.
 - (d) The driver's share at scale, without the encoder: `write_queue` (what the driver does before
   Ray Data takes over) on M and 4M rows (the sample's prompts repeated under distinct ids, default
-  M = 50,000), peak growth of this process's RSS during the call. It grows only by the query ids
+  M = 100,000), peak growth of this process's RSS during the call. It grows only by the query ids
   kept for resume (bytes a row = growth difference / 3M).
 - Encoder share: the router's PrefillEncoder alone, in this process with the same threads, on the
   same N prompts, over the steady time of N rows in the pipeline. The rest is Ray Data, the queue,
@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--bundle", default="build/router", help="Router bundle (default: the one `make demo` trains).")
     parser.add_argument("--rows", type=int, default=200, help="N: rows of runs (a) and (b); run (c) routes 4N.")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--queue-rows", type=int, default=50_000, help="M: rows of the driver-only run (d); 4M too.")
+    parser.add_argument("--queue-rows", type=int, default=100_000, help="M: rows of the driver-only run (d); 4M too.")
     parser.add_argument("--out", default="bench/results/batch.json")
     args = parser.parse_args()
     if not (Path(args.bundle) / "router.json").exists():

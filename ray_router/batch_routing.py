@@ -217,7 +217,9 @@ def iter_queries(input: str, prompt_col: str = "prompt", id_col: str | None = No
     seen_prompts: dict[str, int] = {}
     seen_ids: set[str] = set()
     row = 0
-    for batch in dataset.to_batches(columns=columns, batch_size=rows_per_batch, use_threads=False):
+    # Little readahead: the consumer is slower than the reader, and readahead would hold ~16 batches.
+    for batch in dataset.to_batches(columns=columns, batch_size=rows_per_batch, batch_readahead=1,
+                                    fragment_readahead=1, use_threads=False):
         if not batch.num_rows:
             continue
         prompts = pc.cast(batch.column(prompt_col), pa.string()).to_pylist()
