@@ -265,7 +265,8 @@ class ScanResult:
             selection_file = _SelectionFile.model_validate_json(storage.read_bytes(json_path))
         except pydantic.ValidationError as err:
             raise UserError(f"{json_path} is not a valid layer-scan selection: {err}") from err
-        rows = pd.read_csv(io.BytesIO(storage.read_bytes(csv_path)), keep_default_na=False, na_values={c: [""] for c in ("J", "probe_auc")})
+        rows = pd.read_csv(io.BytesIO(storage.read_bytes(csv_path)), keep_default_na=False,
+                           na_values={c: [""] for c in ("J", "probe_auc")})
         missing = [c for c in COLUMNS if c not in rows.columns]
         if missing:
             raise UserError(f"{csv_path} lacks the columns {missing}")
