@@ -118,12 +118,21 @@ class _TestScorer:
         return {
             **outcome,
             "n_cost_from_expected": int(split.cost_from_expected[rows, choice].sum()),
-            "gap_closed": metrics.gap_closed(
-                outcome["accuracy"], self.single["accuracy"][self.best], self.oracle_accuracy),
+            "gap_closed": self._gap_closed(correct),
             "cost_savings": metrics.cost_savings(outcome["total_cost"], self.single["total_cost"][self.most_expensive]),
             "accuracy_on_disagreement": metrics.accuracy_on_disagreement(choice, split.labels),
             "accuracy_vs_best_single": difference,
         }
+
+    def _gap_closed(self, correct: np.ndarray) -> float:
+        """Gap closed on the queries whose chosen target has a label, with the best single target and
+        the oracle scored on those same queries (all queries when no label is missing)."""
+        scored = ~np.isnan(correct)
+        best = self.best_correct[scored]
+        if not scored.any() or np.isnan(best).all():
+            return math.nan
+        return metrics.gap_closed(float(correct[scored].mean()), float(np.nanmean(best)),
+                                  metrics.oracle_accuracy(self.split.labels[scored]))
 
     def reference(self) -> dict:
         def target(k: int) -> dict:

@@ -104,7 +104,8 @@ def markdown_report(results: dict) -> str:
         "(a router without validation scores is shown at the default parameter). Δ is the accuracy "
         "difference with the test's best single target on the same queries, in percentage points, with a "
         "paired bootstrap 95 % interval: an interval containing 0 is no evidence of a difference. Gap closed "
-        "= (router − best single) / (oracle − best single). Cost savings = 1 − router cost / cost of the "
+        "= (router − best single) / (oracle − best single), all three on the queries the router's choices "
+        "can be scored on (its missing labels left out). Cost savings = 1 − router cost / cost of the "
         f"most expensive target. The always-best-single baseline is chosen on the {data['best_single_chosen_on']} "
         "labels; the oracle uses test labels (an upper bound, not a router).",
         "",

@@ -29,6 +29,19 @@ def by_name(items: list[dict], name: str) -> dict:
     return next(item for item in items if item["name"] == name)
 
 
+def test_gap_closed_compares_the_same_queries_when_the_choice_lacks_labels():
+    # big is right on 3/4 (the best single), the oracle on 4/4; the router always picks small, whose
+    # label is missing on q0. On the 3 scored queries small (2/3) does exactly as well as big (2/3).
+    labels = np.array([[1, 1, NAN], [1, 0, 1], [0, 0, 1], [1, 1, 0]], dtype=float)
+    split = SplitData(labels, COST)
+    always_small = np.tile([0.1, 0.1, 0.9], (4, 1))
+    results = evaluate([RouterScores("small", always_small, always_small)], NAMES, split, split)
+    test = results["routers"][0]["operating_points"]["best_accuracy"]["test"]
+    assert test["n_missing_label"] == 1 and test["accuracy"] == pytest.approx(2 / 3)
+    assert test["accuracy_vs_best_single"]["difference"] == pytest.approx(0.0)
+    assert test["gap_closed"] == pytest.approx(0.0)  # not (2/3 - 3/4) / (1 - 3/4) = -1/3 over mixed rows
+
+
 def test_perfect_router_closes_the_whole_gap_and_best_single_none():
     split = SplitData(LABELS, COST)
     results = evaluate([RouterScores("perfect", LABELS, LABELS)], NAMES, split, split)
