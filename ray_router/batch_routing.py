@@ -207,15 +207,16 @@ def stored_query_ids(out: str) -> set[str]:
 
 
 def iter_queries(input: str, prompt_col: str = "prompt", id_col: str | None = None,
-                 rows_per_batch: int = 4096) -> Iterator[pa.Table]:
+                 rows_per_batch: int = 4096, seen_ids: set[str] | None = None) -> Iterator[pa.Table]:
     """Stream `input` as tables of (query_id, prompt), ids generated when `id_col` is None.
 
-    Empty prompts and repeated ids raise UserError naming the file and row.
+    Empty prompts and repeated ids raise UserError naming the file and row. `seen_ids` (default: a
+    new set) receives every id yielded, so a caller that needs them does not keep a second set.
     """
     dataset = _open_input(input, prompt_col, id_col)
     columns = [prompt_col] + ([id_col] if id_col else [])
     seen_prompts: dict[str, int] = {}
-    seen_ids: set[str] = set()
+    seen_ids = set() if seen_ids is None else seen_ids
     row = 0
     # Little readahead: the consumer is slower than the reader, and readahead would hold ~16 batches.
     for batch in dataset.to_batches(columns=columns, batch_size=rows_per_batch, batch_readahead=1,
@@ -291,11 +292,11 @@ def write_queue(input: str, queue: str, prompt_col: str, id_col: str | None, lim
             files += 1
         queued += len(table)
 
-    for table in iter_queries(input, prompt_col, id_col, rows_per_batch=SORT_WINDOW_ROWS):
+    for table in iter_queries(input, prompt_col, id_col, rows_per_batch=SORT_WINDOW_ROWS, seen_ids=query_ids):
         if remaining is not None:
+            query_ids.difference_update(table.column("query_id").to_pylist()[remaining:])  # past the limit
             table = table.slice(0, remaining)
             remaining -= len(table)
-        query_ids.update(table.column("query_id").to_pylist())
         pending.append(table.filter(pc.invert(pc.is_in(table.column("query_id"), value_set=done_ids))))
         if sum(len(t) for t in pending) >= SORT_WINDOW_ROWS:
             flush()

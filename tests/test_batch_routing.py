@@ -106,6 +106,15 @@ def test_cli_csv_without_ids(bundle, queries, ray_cluster, tmp_path):
     assert decisions["target"].tolist() == [router.targets[i] for i in proba.argmax(axis=1)]
 
 
+def test_limit_routes_only_the_first_queries(bundle, queries, ray_cluster, tmp_path):
+    source = tmp_path / "queries.parquet"
+    queries.to_parquet(source)
+    out = tmp_path / "decisions"
+    result = route_queries(bundle, str(source), str(out), prompt_col="text", id_col="qid", limit=5, batch_size=4)
+    assert (result.computed, result.already_done, result.manifest["rows"]) == (5, 0, 5)
+    assert stored_query_ids(str(out)) == set(queries.qid[:5])
+
+
 def test_user_mistakes(bundle, queries, tmp_path):
     source = tmp_path / "queries.jsonl"
     queries.to_json(source, orient="records", lines=True)
