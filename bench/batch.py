@@ -38,9 +38,9 @@ import ray
 import torch
 from extract import load_average, machine, sample_prompts  # bench/extract.py (sets Ray's environment too)
 
-from ray_router.batch_routing import route_queries, write_queue
-from ray_router.bundle import Router
-from ray_router.inference import encoder_for
+from ray_router.batch.routing import route_queries, write_queue
+from ray_router.model.bundle import Router
+from ray_router.router import encoder_for
 
 
 class PeakMemory:

@@ -39,11 +39,11 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from ray_router.encoder_source import resolve_encoder  # noqa: E402
-from ray_router.extraction import extract_features  # noqa: E402
-from ray_router.importers.routerbench import import_routerbench  # noqa: E402
-from ray_router.prefill_encoder import PrefillEncoder  # noqa: E402
-from ray_router.routing_data import RoutingDataset  # noqa: E402
+from ray_router.features.sources import resolve_encoder  # noqa: E402
+from ray_router.features.extraction import extract_features  # noqa: E402
+from ray_router.data.importers.routerbench import import_routerbench  # noqa: E402
+from ray_router.features.prefill_encoder import PrefillEncoder  # noqa: E402
+from ray_router.data.routing_dataset import RoutingDataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ENCODER = "smollm2-135m"

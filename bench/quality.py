@@ -113,7 +113,7 @@ def _sample(full: Path, n: int, out: Path) -> Path:
     """A deterministic sample of n queries, written once: the whole test split (so that the test rows are
     those of a full run), then the training queries with the smallest sha256(query_id)."""
     if not out.exists():
-        from ray_router.routing_data import RoutingDataset
+        from ray_router.data.routing_dataset import RoutingDataset
 
         dataset = RoutingDataset.read(full)
         test = list(dataset.select(split="test").query_ids)

@@ -33,9 +33,9 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
-from ray_router.bundle import Router  # noqa: E402
-from ray_router.inference import encoder_for, route_prompts  # noqa: E402
-from ray_router.routing_data import RoutingDataset  # noqa: E402
+from ray_router.model.bundle import Router  # noqa: E402
+from ray_router.router import encoder_for, route_prompts  # noqa: E402
+from ray_router.data.routing_dataset import RoutingDataset  # noqa: E402
 from ray_router.serving.app import build_app  # noqa: E402
 
 GOAL_OVERHEAD_C1 = 2.0  # Serve p50 at concurrency 1 under 2x the in-process call

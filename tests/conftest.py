@@ -45,7 +45,7 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def routerbench_data(shared_data, tmp_path_factory) -> Path:
     """The real RouterBench subset imported once per session (3,164 queries x 11 targets)."""
-    from ray_router.importers.routerbench import import_routerbench
+    from ray_router.data.importers.routerbench import import_routerbench
 
     path = tmp_path_factory.mktemp("data") / "routerbench.parquet"
     import_routerbench(shared_data / "routerbench").write(path)
@@ -57,7 +57,7 @@ def small_routerbench(routerbench_data, tmp_path_factory) -> Path:
     """A deterministic slice of real RouterBench queries (all three tasks): 240 train + 60 test."""
     import numpy as np
 
-    from ray_router.routing_data import RoutingDataset
+    from ray_router.data.routing_dataset import RoutingDataset
 
     dataset = RoutingDataset.read(routerbench_data)
     splits = dataset.splits
@@ -76,7 +76,7 @@ SMALL_MAX_TOKENS = 128
 @pytest.fixture(scope="session")
 def small_features(small_routerbench, ray_cluster, tmp_path_factory) -> Path:
     """Prefill features of `small_routerbench` from the real Ray Data extraction job."""
-    from ray_router.extraction import extract_features
+    from ray_router.features.extraction import extract_features
 
     out = tmp_path_factory.mktemp("features") / "smollm2"
     extract_features(str(small_routerbench), "smollm2-135m", SMALL_LAYERS, ["last", "mean"], str(out),

@@ -119,7 +119,7 @@ def _wait_for_job_server(address: str, process: subprocess.Popen, log: Path):
 def test_submitted_extraction_job_succeeds(head_node, small_routerbench, tmp_path):
     from ray.job_submission import JobStatus
 
-    from ray_router.feature_store import FeatureStore
+    from ray_router.features.store import FeatureStore
 
     out = tmp_path / "features"
     job_id = head_node.submit_job(

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ray_router.errors import UserError
-from ray_router.routing_data import RoutingDataset
+from ray_router.data.routing_dataset import RoutingDataset
 
 
 class _FormatGroup(click.Group):
@@ -55,7 +55,7 @@ def import_routerbench_command(source: Path, out: Path):
     """RouterBench wide CSVs (a folder, or one file; the upstream .pkl layout too).
 
     Split from the file name (..._train / ..._test); rows sharing a sample_id are merged."""
-    from ray_router.importers.routerbench import import_routerbench
+    from ray_router.data.importers.routerbench import import_routerbench
 
     _finish(import_routerbench(source), out)
 
@@ -70,7 +70,7 @@ def import_routerbench_command(source: Path, out: Path):
 )
 def import_mmlu_pro_command(source: Path, out: Path, prices: Path | None):
     """A folder of MMLU-Pro model_outputs_<MODEL>_<N>shots.zip archives (one target each)."""
-    from ray_router.importers.mmlu_pro import import_mmlu_pro
+    from ray_router.data.importers.mmlu_pro import import_mmlu_pro
 
     _finish(import_mmlu_pro(source, prices=prices), out)
 
@@ -116,7 +116,7 @@ def import_table_command(
 
     The mapping comes from --mapping (YAML with keys prompt, id, split, task, category, and correct /
     cost / output_tokens as {target: column}) and/or the options, which take precedence."""
-    from ray_router.importers.table import build_mapping, import_table, load_mapping
+    from ray_router.data.importers.table import build_mapping, import_table, load_mapping
 
     mapping = load_mapping(mapping_file) if mapping_file else {}
     scalars = {"prompt": prompt_col, "id": id_col, "split": split_col, "task": task_col, "category": category_col}
@@ -135,7 +135,7 @@ def import_table_command(
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of tables.")
 def describe(file: Path, as_json: bool):
     """Rows, targets, per-target accuracy and cost, best single, oracle and agreement zones per split."""
-    from ray_router.data_summary import format_summary, summarize
+    from ray_router.data.summary import format_summary, summarize
 
     summary = summarize(RoutingDataset.read(file))
     if as_json:

@@ -3,7 +3,7 @@
 import click
 
 from ray_router.cli.options import ChoiceList, ray_address_option
-from ray_router.evaluation_job import BASELINES
+from ray_router.evaluation.job import BASELINES
 
 
 @click.command()
@@ -21,9 +21,9 @@ from ray_router.evaluation_job import BASELINES
 @ray_address_option
 def evaluate(bundle, data, features, out, baselines, semantic_features, policy, local, address):
     """Evaluate BUNDLE against the baselines on DATA's test split."""
-    from ray_router.evaluation_job import run_evaluation
-    from ray_router.ray_cluster import ensure_ray
-    from ray_router.report import headline_table
+    from ray_router.evaluation.job import run_evaluation
+    from ray_router.resources import ensure_ray
+    from ray_router.evaluation.report import headline_table
 
     chosen = BASELINES if "all" in baselines else tuple(b for b in baselines if b != "none")
     ensure_ray(address)

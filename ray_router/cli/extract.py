@@ -27,7 +27,7 @@ from ray_router.cli.options import ChoiceList, IntList, ray_address_option
 def extract(data, encoder, layers, poolings, out, limit, max_tokens, truncation_side, no_chat_template, dtype,
             batch_size, concurrency, num_gpus_per_worker, cpus_per_worker, cache_dir, address):
     """Extract prefill features of DATA's prompts with ENCODER into OUT (resumable)."""
-    from ray_router.extraction import extract_features
+    from ray_router.features.extraction import extract_features
 
     result = extract_features(
         data, encoder, layers, poolings, out,

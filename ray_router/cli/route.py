@@ -34,7 +34,7 @@ def route(bundle, input_path, out, kind, tau, lam, budget, allowed, prompt_col, 
     """Route every query of INPUT with the router BUNDLE; decisions and a summary go to OUT (resumable)."""
     from dataclasses import asdict
 
-    from ray_router.batch_routing import format_summary, route_queries
+    from ray_router.batch.routing import format_summary, route_queries
 
     given = {"kind": kind, "tau": tau, "lam": lam, "budget": budget,
              "allowed": [a.strip() for a in allowed.split(",") if a.strip()] if allowed is not None else None}

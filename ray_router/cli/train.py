@@ -16,10 +16,10 @@ from ray_router.cli.options import ray_address_option
 @ray_address_option
 def scan_layers_command(data, features, out, k, select, config_path, local, address):
     """Fisher separability J, d_eff and probe AUC per (layer, pooling, target); pick layers."""
-    from ray_router.feature_store import FeatureStore
-    from ray_router.ray_cluster import ensure_ray
-    from ray_router.router_training import RouterTrainConfig, run_scan
-    from ray_router.routing_data import RoutingDataset
+    from ray_router.features.store import FeatureStore
+    from ray_router.resources import ensure_ray
+    from ray_router.model.router_training import RouterTrainConfig, run_scan
+    from ray_router.data.routing_dataset import RoutingDataset
 
     config = RouterTrainConfig.from_yaml(config_path).scan
     config = config.model_copy(update={k_: v for k_, v in {"k": k, "select": select}.items() if v is not None})
@@ -42,8 +42,8 @@ def scan_layers_command(data, features, out, k, select, config_path, local, addr
 @ray_address_option
 def train(data, features, out, scan, config_path, local, address):
     """Fit SharedTrunkNet on DATA's training split and write a self-describing router bundle."""
-    from ray_router.ray_cluster import ensure_ray
-    from ray_router.router_training import RouterTrainConfig, train_router
+    from ray_router.resources import ensure_ray
+    from ray_router.model.router_training import RouterTrainConfig, train_router
 
     config = RouterTrainConfig.from_yaml(config_path)
     if not local:

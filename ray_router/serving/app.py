@@ -21,9 +21,9 @@ from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve import Application
 
-from ray_router.bundle import Router
+from ray_router.model.bundle import Router
 from ray_router.errors import UserError, validation_message
-from ray_router.policies import PolicyConfig, allowed_mask
+from ray_router.policy.policies import PolicyConfig, allowed_mask
 from ray_router.serving.api import ROUTER_MODEL, ApiError, ChatRequest, RouteRequest, RoutingOptions
 from ray_router.serving.backends import Completion, GenerationParams, LocalBackend, OpenAIBackend, TargetError
 from ray_router.serving.config import ServeArgs

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from ray import serve
 
-from ray_router.bundle import Router
-from ray_router.feature_schema import FeatureSchema
-from ray_router.inference import check_schema, decide, encoder_for
-from ray_router.policies import PolicyConfig
+from ray_router.model.bundle import Router
+from ray_router.features.schema import FeatureSchema
+from ray_router.router import check_schema, decide, encoder_for
+from ray_router.policy.policies import PolicyConfig
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)

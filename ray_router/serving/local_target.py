@@ -10,7 +10,7 @@ import torch
 from ray import serve
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
 
-from ray_router.encoder_source import resolve_encoder
+from ray_router.features.sources import resolve_encoder
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8)

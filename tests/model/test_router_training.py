@@ -1,0 +1,139 @@
+"""Layer scan, SharedTrunkNet training and the router bundle on real SmolLM2 features of RouterBench."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ray_router.model.bundle import Router
+from ray_router.cli import main
+from ray_router.errors import UserError
+from ray_router.features.store import FeatureStore
+from ray_router.model.router_training import RouterTrainConfig, split_for_training, train_router
+from ray_router.data.routing_dataset import RoutingDataset
+
+pytestmark = pytest.mark.ray
+
+FAST = {"pca_k": 16, "scan": {"k": 16}, "trainer": {"n_seeds": 4, "keep_best": 2, "max_epochs": 60, "patience": 10}}
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+    import yaml
+
+    path = tmp_path_factory.mktemp("cfg") / "train.yaml"
+    path.write_text(yaml.safe_dump(FAST))
+    return path
+
+
+@pytest.fixture(scope="module")
+def scan_dir(small_routerbench, small_features, tmp_path_factory):
+    out = tmp_path_factory.mktemp("scan")
+    result = CliRunner().invoke(main, ["scan-layers", "--data", str(small_routerbench), "--features",
+                                       str(small_features), "--out", str(out), "--k", "16"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundle(small_routerbench, small_features, scan_dir, config_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "router"
+    result = CliRunner().invoke(main, ["train", "--data", str(small_routerbench), "--features", str(small_features),
+                                       "--scan", str(scan_dir), "--config", str(config_file), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_scan_writes_table_plot_and_a_selection_per_target(scan_dir, small_routerbench):
+    targets = RoutingDataset.read(small_routerbench).target_names
+    selection = json.loads((scan_dir / "selection.json").read_text())
+    assert (scan_dir / "scan.png").stat().st_size > 10_000
+    assert (scan_dir / "scan.csv").read_text().count("\n") > len(targets) * 6  # 3 layers x 2 poolings each
+    assert set(selection["targets"]) == set(targets)
+
+
+def _log_loss(p, y):
+    known = ~np.isnan(y)
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p))[known].mean())
+
+
+def test_router_beats_the_constant_predictor_on_held_out_rows(bundle, small_routerbench, small_features):
+    router = Router.load(bundle)
+    fit_rows, holdout = split_for_training(RoutingDataset.read(small_routerbench), 0.15)
+    store = FeatureStore.open(str(small_features))
+    proba = router.predict_proba(store.load(holdout.query_ids, router.required_columns))
+    constant = np.broadcast_to(np.nanmean(fit_rows.labels(), axis=0), proba.shape)
+    assert _log_loss(proba, holdout.labels()) < _log_loss(constant, holdout.labels())
+    assert router.manifest.n_members == 2 and len(router.manifest.validation["member_val_losses"]) == 4
+
+
+def test_bundle_round_trip_predicts_exactly_what_was_trained(small_routerbench, small_features, scan_dir, tmp_path):
+    config = RouterTrainConfig.model_validate(FAST)
+    trained = train_router(str(small_routerbench), str(small_features), str(tmp_path / "b"), scan=str(scan_dir),
+                           config=config, use_ray=False)
+    loaded = Router.load(tmp_path / "b")
+    ids = RoutingDataset.read(small_routerbench).select(split="test").query_ids
+    features = FeatureStore.open(str(small_features)).load(ids, trained.required_columns)
+    np.testing.assert_array_equal(loaded.predict_proba(features), trained.predict_proba(features))
+    assert loaded.feature_schema == FeatureStore.open(str(small_features)).schema
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda m: m.update(bundle_format_version=99), "format version 99"),
+    (lambda m: m.update(d_in=m["d_in"] + 1), "router.json"),
+    (lambda m: m["blocks"][0].update(k=3), "does not match"),
+])
+def test_tampered_bundle_is_refused(bundle, tmp_path, tamper, message):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "router.json").read_text())
+    tamper(manifest)
+    (copy / "router.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=message):
+        Router.load(copy)
+
+
+def test_truncated_weights_file_is_refused(bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    data = (copy / "ensemble.safetensors").read_bytes()
+    (copy / "ensemble.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="ensemble.safetensors: does not match the sha256"):
+        Router.load(copy)
+
+
+def test_bundle_saves_and_loads_through_a_uri(bundle, tmp_path):
+    router = Router.load(bundle)
+    uri = f"file://{tmp_path}/uri-bundle"
+    router.save(uri)
+    again = Router.load(uri)
+    assert again.manifest == router.manifest
+    assert sorted(p.name for p in (tmp_path / "uri-bundle").iterdir()) == [
+        "ensemble.safetensors", "preprocessing.safetensors", "router.json"]
+
+
+def test_bad_train_config_is_one_line_error(small_routerbench, small_features, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer: {keep_best: 20, n_seeds: 10}\n")
+    result = CliRunner().invoke(main, ["train", "--data", str(small_routerbench), "--features", str(small_features),
+                                       "--config", str(bad), "--out", str(tmp_path / "b"), "--local"])
+    assert result.exit_code == 2 and "keep_best" in result.output and "Traceback" not in result.output
+
+
+def test_evaluate_end_to_end_writes_every_report_file(bundle, small_routerbench, small_features, tmp_path):
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["evaluate", "--bundle", str(bundle), "--data", str(small_routerbench),
+                                       "--features", str(small_features), "--out", str(out), "--local"])
+    assert result.exit_code == 0, result.output
+    for name in ("metrics.json", "report.md", "cost_accuracy.png", "auc_per_target.png", "calibration.png"):
+        assert (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "metrics.json").read_text())
+    names = [r["name"] for r in metrics["routers"]]
+    assert names[0] == "prefill router" and any("kNN" in n for n in names) and "semantic SharedTrunkNet" in names
+    assert "prefill router" in result.output  # the headline table on the terminal
