@@ -16,10 +16,12 @@ from ray_router.cli.options import ray_address_option
 @ray_address_option
 def scan_layers_command(data, features, out, k, select, config_path, local, address):
     """Fisher separability J, d_eff and probe AUC per (layer, pooling, target); pick layers."""
-    from ray_router.features.store import FeatureStore
-    from ray_router.resources import ensure_ray
-    from ray_router.model.router_training import RouterTrainConfig, run_scan
     from ray_router.data.routing_dataset import RoutingDataset
+    from ray_router.features.store import FeatureStore
+    from ray_router.model.router_training import RouterTrainConfig, run_scan
+    from ray_router.model.scan_files import write_scan
+    from ray_router.model.scan_report import scan_table
+    from ray_router.resources import ensure_ray
 
     config = RouterTrainConfig.from_yaml(config_path).scan
     config = config.model_copy(update={k_: v for k_, v in {"k": k, "select": select}.items() if v is not None})
@@ -27,8 +29,8 @@ def scan_layers_command(data, features, out, k, select, config_path, local, addr
     if not local:
         ensure_ray(address)
     result = run_scan(dataset, store, config, use_ray=not local)
-    result.write(out)
-    click.echo(result.terminal_table())
+    write_scan(result, out)
+    click.echo(scan_table(result))
     click.echo(f"wrote {out}/scan.csv, scan.png, selection.json")
 
 

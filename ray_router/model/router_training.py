@@ -14,6 +14,7 @@ from ray_router.model.cost_model import CostModel
 from ray_router.errors import UserError, validation_message
 from ray_router.features.store import FeatureStore
 from ray_router.model.layer_scan import ScanConfig, ScanResult, scan_layers
+from ray_router.model.scan_files import read_scan
 from ray_router.evaluation.metrics import roc_auc_per_target
 from ray_router.policy.policies import PolicyConfig
 from ray_router.model.preprocessing import BlockPreprocessor
@@ -101,7 +102,7 @@ def train_router(
     dataset = RoutingDataset.read(data)
     store = FeatureStore.open(features)
     if selection is None:
-        selection = ScanResult.read(scan).selection if scan else run_scan(dataset, store, config.scan, use_ray).selection
+        selection = read_scan(scan).selection if scan else run_scan(dataset, store, config.scan, use_ray).selection
     _check_selection(selection, dataset.target_names, store, scan)
 
     fit_rows, holdout_rows = split_for_training(dataset, config.holdout_fraction)

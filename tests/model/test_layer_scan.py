@@ -11,6 +11,8 @@ import pytest
 from ray_router.errors import UserError
 from ray_router.model.layer_scan import NO_SIGNAL, OK, ScanConfig, ScanResult, scan_layers
 from ray_router.model.probes import fisher_separability, probe_auc, reduce_features
+from ray_router.model.scan_files import read_scan, write_scan
+from ray_router.model.scan_report import scan_table
 
 TARGETS = ["alpha", "beta", "rare"]
 PLANTED = (2, "last")
@@ -92,7 +94,7 @@ def test_target_with_too_few_minority_rows_gets_no_signal_marker(scan):
     assert scan.no_signal_targets == ["rare"]
     # fallback: the (layer, pooling) with the highest mean J over the targets with signal
     assert scan.selection["rare"] == PLANTED
-    table = scan.terminal_table()
+    table = scan_table(scan)
     assert NO_SIGNAL in table and "alpha" in table and "chosen by" in table
 
 
@@ -125,9 +127,9 @@ def test_ray_scan_equals_in_process_scan(ray_cluster, scan_inputs, scan):
 
 def test_write_read_round_trip_and_plot(tmp_path, scan):
     out = tmp_path / "scan"
-    scan.write(out)
+    write_scan(scan, out)
     assert sorted(p.name for p in out.iterdir()) == ["scan.csv", "scan.png", "selection.json"]
-    back = ScanResult.read(out)
+    back = read_scan(out)
     pd.testing.assert_frame_equal(back.rows, scan.rows, check_exact=True)
     assert back.selection == scan.selection and back.config == scan.config
     selection = json.loads((out / "selection.json").read_text())
@@ -137,13 +139,13 @@ def test_write_read_round_trip_and_plot(tmp_path, scan):
     assert image.shape[0] > 800 and image.shape[1] > 800
     assert image[..., :3].std() > 0.1  # not a blank canvas
     assert (out / "scan.png").stat().st_size > 30_000
-    assert ScanResult.read(f"file://{out}").selection == scan.selection  # URIs go through pyarrow filesystems
+    assert read_scan(f"file://{out}").selection == scan.selection  # URIs go through pyarrow filesystems
 
 
 def test_read_refuses_a_broken_scan_folder(tmp_path, scan):
     with pytest.raises(UserError, match="not found"):
-        ScanResult.read(tmp_path)
-    scan.write(tmp_path)
+        read_scan(tmp_path)
+    write_scan(scan, tmp_path)
     (tmp_path / "selection.json").write_text('{"format_version": 99}')
     with pytest.raises(UserError, match="selection.json is not a valid"):
-        ScanResult.read(tmp_path)
+        read_scan(tmp_path)
