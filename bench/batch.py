@@ -36,11 +36,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
-from extract import load_average, machine, sample_prompts  # bench/extract.py (sets Ray's environment too)
 
-from ray_router.batch.routing import route_queries, write_queue
-from ray_router.model.bundle import Router
-from ray_router.router import encoder_for
+from ray_router.batch.queue import write_queue
+from ray_router.batch.routing import route_queries
+from ray_router.resources import WorkerResources
+from ray_router.router import Router
+
+from extract import load_average, machine, sample_prompts  # bench/extract.py (sets Ray's environment too)
 
 
 class PeakMemory:
@@ -84,7 +86,7 @@ def routing_run(bundle: str, queries: Path, rows: int, workers: int, batch_size:
     with PeakMemory() as memory:
         started = time.perf_counter()
         result = route_queries(bundle, str(queries), str(out), limit=rows, batch_size=batch_size,
-                               concurrency=workers, cpus_per_worker=0.5)
+                               resources=WorkerResources(num_workers=workers, num_cpus=0.5))
         wall = time.perf_counter() - started
     assert result.computed == rows, result
     return {"rows": rows, "workers": workers, "wall_s": round(wall, 2), "queries_per_s": round(rows / wall, 2),
@@ -113,8 +115,8 @@ def queue_run(prompts: list[str], rows: int, work: Path) -> dict:
 
 
 def encoder_alone(bundle: str, prompts: list[str], batch_size: int) -> float:
-    """Seconds the router's PrefillEncoder takes on `prompts` in this process (after one warm-up batch)."""
-    encoder = encoder_for(Router.load(bundle))
+    """Seconds the router's encoder takes on `prompts` in this process (after one warm-up batch)."""
+    encoder = Router.load(bundle).build_encoder()
     encoder.encode(prompts[:batch_size], batch_size=batch_size)
     started = time.perf_counter()
     encoder.encode(prompts, batch_size=batch_size)
@@ -135,7 +137,8 @@ def main() -> None:
     n = args.rows
     sample = sample_prompts(4 * n)
     prompts = list(sample.prompts)
-    results = {"bundle": args.bundle, "feature_schema": Router.load(args.bundle).feature_schema.model_dump(mode="json"),
+    schemas = [schema.model_dump(mode="json") for schema in Router.load(args.bundle).feature_schemas]
+    results = {"bundle": args.bundle, "feature_schemas": schemas,
                "rows": n, "batch_size": args.batch_size, "machine": machine(), "load_average_start": load_average(),
                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:

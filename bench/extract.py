@@ -39,11 +39,13 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from ray_router.features.sources import resolve_encoder  # noqa: E402
-from ray_router.features.extraction import extract_features  # noqa: E402
 from ray_router.data.importers.routerbench import import_routerbench  # noqa: E402
-from ray_router.features.prefill_encoder import PrefillEncoder  # noqa: E402
 from ray_router.data.routing_dataset import RoutingDataset  # noqa: E402
+from ray_router.features.extraction import extract_features  # noqa: E402
+from ray_router.features.prefill_encoder import PrefillEncoder  # noqa: E402
+from ray_router.features.schema import EncoderConfig  # noqa: E402
+from ray_router.features.sources import resolve_encoder  # noqa: E402
+from ray_router.resources import WorkerResources  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ENCODER = "smollm2-135m"
@@ -253,7 +255,8 @@ def encoder_run(prompts: list[str], depth: int, max_tokens: int, batch_size: int
                 dtype: str) -> dict:
     """PrefillEncoder truncated to `depth` blocks, timed on the prompts after a warm-up batch."""
     encoder, load_s = timed(
-        lambda: PrefillEncoder(ENCODER, [depth], POOLINGS, max_tokens=max_tokens, dtype=dtype, device=device),
+        lambda: PrefillEncoder(EncoderConfig(encoder=ENCODER, layers=[depth], poolings=POOLINGS, max_tokens=max_tokens,
+                                             dtype=dtype), device=device),
         device,
     )
     lengths = [len(ids) for ids in encoder.tokenize(prompts)]
@@ -277,9 +280,10 @@ def ray_runs(data: Path, lengths: list[int], depth: int, max_tokens: int, batch_
     def job(name: str, limit: int | None) -> float:
         _, seconds = timed(
             lambda: extract_features(
-                str(data), ENCODER, [depth], list(POOLINGS), str(work / name), limit=limit,
-                max_tokens=max_tokens, batch_size=batch_size, concurrency=1,
-                num_gpus_per_worker=1.0 if gpu else 0.0, dtype="bfloat16" if gpu else "float32",
+                str(data), EncoderConfig(encoder=ENCODER, layers=[depth], poolings=POOLINGS, max_tokens=max_tokens,
+                                         dtype="bfloat16" if gpu else "float32"),
+                str(work / name), limit=limit, batch_size=batch_size,
+                resources=WorkerResources(num_workers=1, num_gpus=1.0 if gpu else 0.0),
             ),
             "cpu",
         )

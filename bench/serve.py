@@ -1,7 +1,7 @@
 """Serving benchmark: `/v1/route` on Ray Serve under closed-loop load, next to the in-process router call.
 
 On one private local Ray cluster, for the same real prompts:
-  (a) the floor: `route_prompts` in this process, one prompt per call (what a caller would pay without Serve),
+  (a) the floor: `Router.route` in this process, one prompt per call (what a caller would pay without Serve),
       measured before and after the Serve runs; the faster of the two is the floor (on a shared machine
       load drifts, and the faster floor gives the larger, conservative overhead);
   (b) `POST /v1/route` (one prompt per request) over loopback HTTP, closed loop at each concurrency, a
@@ -33,9 +33,8 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
-from ray_router.model.bundle import Router  # noqa: E402
-from ray_router.router import encoder_for, route_prompts  # noqa: E402
 from ray_router.data.routing_dataset import RoutingDataset  # noqa: E402
+from ray_router.router import Router  # noqa: E402
 from ray_router.serving.app import build_app  # noqa: E402
 
 GOAL_OVERHEAD_C1 = 2.0  # Serve p50 at concurrency 1 under 2x the in-process call
@@ -55,13 +54,12 @@ def _summary(latencies_s: list[float], wall_s: float) -> dict:
 
 
 def in_process(router: Router, prompts: list[str]) -> dict:
-    """The floor: route_prompts on one prompt per call, sequentially, after one warm-up call."""
-    encoder = encoder_for(router)
-    route_prompts(router, encoder, prompts[:1])
+    """The floor: Router.route on one prompt per call, sequentially, after one warm-up call."""
+    router.route(prompts[:1])
     latencies, start = [], time.perf_counter()
     for prompt in prompts:
         t = time.perf_counter()
-        route_prompts(router, encoder, [prompt])
+        router.route([prompt])
         latencies.append(time.perf_counter() - t)
     return _summary(latencies, time.perf_counter() - start)
 

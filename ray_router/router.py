@@ -1,62 +1,36 @@
-"""Routing at inference time: one path for batch routing, Ray Serve and in-process use.
+"""`Router`: a trained router, loaded from its bundle; the one routing path for Python, batch and Serve.
 
-`encoder_for(router)` builds the PrefillEncoder a router needs (truncated to the deepest layer its
-blocks read) and checks that it computes the same features as the router was trained on;
-`decide(router, features, prompts, policy)` turns features into routing decisions.
+    router = Router.load("build/router")
+    decisions = router.route(["What is the capital of France?"])
+
+`route` is `encode` (the prefill features, computed by the encoders the bundle names, truncated to the
+layers it reads) then `decide` (probabilities, expected costs and the policy); Serve keeps the two in
+separate deployments, batch routing runs both in each Ray Data actor. Loading a router imports neither
+Ray Train nor the training code.
 """
 
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ray_router.model.bundle import Router
 from ray_router.errors import UserError
-from ray_router.features.schema import FeatureSchema
-from ray_router.policy.policies import PolicyConfig, route
-from ray_router.features.prefill_encoder import PrefillEncoder, resolve_schema
+from ray_router.features.feature_encoder import FeatureEncoder
+from ray_router.features.prefill_encoder import resolve_schema
+from ray_router.features.schema import EncoderConfig, Features, FeatureSchema
+from ray_router.model.bundle import RouterManifest, read_bundle, write_bundle
+from ray_router.model.trunk_router import SharedTrunkRouter
+from ray_router.policy.config import PolicyConfig, merge_policy
+from ray_router.policy.policies import route as apply_policy
 
-# Fields that must agree between the encoder at inference and the features a router was trained on;
-# layers and poolings may differ (the encoder computes only the columns the router reads).
-_MATCHING_FIELDS = ("weight_hash", "hidden_size", "dtype", "chat_template", "template_hash", "max_tokens",
-                    "truncation_side")
-
-
-def check_schema(router: Router, encoder_schema: FeatureSchema) -> None:
-    """UserError unless `encoder_schema` computes the router's feature columns exactly as in training."""
-    trained = router.feature_schema
-    different = [f for f in _MATCHING_FIELDS if getattr(trained, f) != getattr(encoder_schema, f)]
-    missing = sorted(set(router.required_columns) - set(encoder_schema.columns))
-    if different or missing:
-        detail = ", ".join(f"{f}: {getattr(encoder_schema, f)!r} vs trained {getattr(trained, f)!r}" for f in different)
-        raise UserError(
-            f"encoder features do not match the router's feature schema {trained.schema_id} "
-            f"({detail or 'missing columns ' + ', '.join(missing)})"
-        )
-
-
-def encoder_kwargs(router: Router, device: str | None = None, cache_dir: str | None = None) -> dict:
-    """PrefillEncoder arguments that compute exactly the router's feature columns (and no deeper layers)."""
-    schema = router.feature_schema
-    columns = router.required_columns
-    layers = sorted({layer for layer in schema.layers for p in schema.poolings if schema.column_name(layer, p) in columns})
-    poolings = [p for p in schema.poolings if any(schema.column_name(layer, p) in columns for layer in layers)]
-    return dict(
-        spec=schema.encoder, layers=layers, poolings=poolings, max_tokens=schema.max_tokens,
-        truncation_side=schema.truncation_side, chat_template=schema.chat_template, dtype=schema.dtype,
-        device=device, cache_dir=cache_dir,
-    )
-
-
-def check_encoder(router: Router, device: str | None = None, cache_dir: str | None = None) -> None:
-    """UserError unless the router's encoder can be built here with its training schema (no weights loaded)."""
-    check_schema(router, resolve_schema(**encoder_kwargs(router, device, cache_dir)))
-
-
-def encoder_for(router: Router, device: str | None = None, cache_dir: str | None = None) -> PrefillEncoder:
-    """The PrefillEncoder that computes exactly the router's feature columns (and no deeper layers)."""
-    encoder = PrefillEncoder(**encoder_kwargs(router, device, cache_dir))
-    check_schema(router, encoder.schema)
-    return encoder
+Policy = PolicyConfig | Mapping[str, object] | None  # a policy, fields over the default policy, or the default
+# Fields that may differ between the encoder at inference and the features a router was trained on:
+# the encoder computes only the columns the router reads.
+_MAY_DIFFER = ("layers", "poolings")
 
 
 @dataclass
@@ -70,23 +44,117 @@ class Decisions:
     expected_cost: np.ndarray  # (n, K) USD
 
     def chosen(self) -> list[str]:
+        """The chosen target's name per query."""
         return [self.targets[i] for i in self.choice]
 
     def fallback_names(self) -> list[list[str]]:
+        """Per query, the allowed targets in order of preference (the chosen one first)."""
         return [[self.targets[i] for i in row if i >= 0] for row in self.fallbacks]
 
 
-def decide(router: Router, features: dict[str, np.ndarray], prompts: list[str],
-           policy: PolicyConfig | None = None) -> Decisions:
-    """Apply `policy` (default: the bundle's default policy) to the router's predictions."""
-    policy = policy or PolicyConfig.model_validate(router.manifest.default_policy)
-    proba = router.predict_proba(features)
-    cost = router.expected_cost(prompts)
-    decision = route(proba, cost, policy, router.targets)
-    return Decisions(router.targets, decision.choice, decision.fallbacks, proba, cost)
+class Router:
+    """A trained router: prompts or features in, per-target probabilities and routing decisions out."""
 
+    def __init__(self, manifest: RouterManifest, model: SharedTrunkRouter):
+        self.manifest = manifest
+        self.model = model
+        self._encoder: FeatureEncoder | None = None
 
-def route_prompts(router: Router, encoder: PrefillEncoder, prompts: list[str],
-                  policy: PolicyConfig | None = None, batch_size: int = 16) -> Decisions:
-    """Encode `prompts` and route them, in this process (the reference for batch and online routing)."""
-    return decide(router, encoder.encode(prompts, batch_size=batch_size), prompts, policy)
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Router:
+        """Load and check a bundle folder (local path or URI); UserError naming the problem when it is not one."""
+        return cls(*read_bundle(path))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the bundle folder (local path or URI): each file atomically, router.json last."""
+        self.manifest = write_bundle(path, self.manifest, self.model)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_encoder": None}  # a Ray actor builds its own encoder
+
+    # -- what the router is ----------------------------------------------------------------------
+    @property
+    def targets(self) -> list[str]:
+        return self.manifest.targets
+
+    @property
+    def feature_schemas(self) -> list[FeatureSchema]:
+        """The schema of every encoder's features the router reads."""
+        return self.manifest.feature_schemas
+
+    @property
+    def schema_id(self) -> str:
+        """Id of the features the router reads: the one encoder's schema_id, or a hash of several."""
+        ids = [schema.schema_id for schema in self.feature_schemas]
+        return ids[0] if len(ids) == 1 else hashlib.sha256(":".join(ids).encode()).hexdigest()[:16]
+
+    @property
+    def required_columns(self) -> list[str]:
+        """Feature columns the router reads, each once."""
+        return self.model.required_columns
+
+    @property
+    def default_policy(self) -> PolicyConfig:
+        return self.manifest.default_policy
+
+    # -- features -> decisions -------------------------------------------------------------------
+    def predict_proba(self, features: Features) -> np.ndarray:
+        """(n, K) probability of a correct answer per target, for features {column: (n, d)}."""
+        missing = [c for c in self.required_columns if c not in features]
+        if missing:
+            raise UserError(f"the router needs feature columns {missing}; got {sorted(features)}")
+        return self.model.predict_proba(features)
+
+    def expected_cost(self, prompts: list[str]) -> np.ndarray:
+        """(n, K) expected USD per query and target (see CostModel)."""
+        return self.manifest.cost_model.expected_cost(prompts)
+
+    def decide(self, features: Features, prompts: list[str], policy: Policy = None) -> Decisions:
+        """Apply `policy` (a PolicyConfig, fields over the default policy, or None for the default) to the
+        router's predictions for `prompts`, whose features are `features`."""
+        policy = merge_policy(self.default_policy, policy)
+        proba = self.predict_proba(features)
+        cost = self.expected_cost(prompts)
+        ranking = apply_policy(proba, cost, policy, self.targets)
+        return Decisions(self.targets, ranking.choice, ranking.fallbacks, proba, cost)
+
+    # -- prompts -> features ---------------------------------------------------------------------
+    def encoder_configs(self) -> list[EncoderConfig]:
+        """Per encoder, the config that computes exactly the columns the router reads (and no deeper layers)."""
+        return [schema.encoder_config(self.required_columns) for schema in self.feature_schemas
+                if set(schema.columns) & set(self.required_columns)]
+
+    def check_schemas(self, schemas: Sequence[FeatureSchema]) -> None:
+        """UserError unless `schemas` (one per encoder config) compute the router's columns exactly as in training."""
+        trained = [s for s in self.feature_schemas if set(s.columns) & set(self.required_columns)]
+        for trained_schema, schema in zip(trained, schemas, strict=True):
+            different = schema.differences(trained_schema, "here", "in training", ignore=_MAY_DIFFER)
+            needed = set(self.required_columns) & set(trained_schema.columns)
+            missing = sorted(needed - set(schema.columns))
+            if different or missing:
+                raise UserError(
+                    f"encoder features do not match the router's feature schema {trained_schema.schema_id} "
+                    f"({', '.join(different) or 'missing columns ' + ', '.join(missing)})"
+                )
+
+    def check_encoders(self, device: str | None = None, cache_dir: str | None = None) -> None:
+        """UserError unless the router's encoders can be built here with their training schemas (no weights
+        are loaded: a driver can check before any actor starts)."""
+        self.check_schemas([resolve_schema(config, device, cache_dir) for config in self.encoder_configs()])
+
+    def build_encoder(self, device: str | None = None, cache_dir: str | None = None) -> FeatureEncoder:
+        """The encoders that compute the router's columns, loaded and checked against the training schemas."""
+        encoder = FeatureEncoder(self.encoder_configs(), device=device, cache_dir=cache_dir)
+        self.check_schemas(encoder.schemas)
+        return encoder
+
+    def encode(self, prompts: Sequence[str], batch_size: int = 16) -> Features:
+        """The features of `prompts` the router reads (its encoders are loaded on first use)."""
+        if self._encoder is None:
+            self._encoder = self.build_encoder()
+        return self._encoder.encode(prompts, batch_size=batch_size)
+
+    def route(self, prompts: Sequence[str], policy: Policy = None, batch_size: int = 16) -> Decisions:
+        """Encode and route `prompts` in this process (the reference for batch and online routing)."""
+        prompts = list(prompts)
+        return self.decide(self.encode(prompts, batch_size=batch_size), prompts, policy)

@@ -77,8 +77,10 @@ SMALL_MAX_TOKENS = 128
 def small_features(small_routerbench, ray_cluster, tmp_path_factory) -> Path:
     """Prefill features of `small_routerbench` from the real Ray Data extraction job."""
     from ray_router.features.extraction import extract_features
+    from ray_router.features.schema import EncoderConfig
 
     out = tmp_path_factory.mktemp("features") / "smollm2"
-    extract_features(str(small_routerbench), "smollm2-135m", SMALL_LAYERS, ["last", "mean"], str(out),
-                     max_tokens=SMALL_MAX_TOKENS, batch_size=16)
+    config = EncoderConfig(encoder="smollm2-135m", layers=SMALL_LAYERS, poolings=["last", "mean"],
+                           max_tokens=SMALL_MAX_TOKENS)
+    extract_features(str(small_routerbench), config, str(out), batch_size=16)
     return out

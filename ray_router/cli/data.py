@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from ray_router.errors import UserError
 from ray_router.data.routing_dataset import RoutingDataset
+from ray_router.errors import UserError
 
 
 class _FormatGroup(click.Group):

@@ -22,8 +22,8 @@ from ray_router.evaluation.job import BASELINES
 def evaluate(bundle, data, features, out, baselines, semantic_features, policy, local, address):
     """Evaluate BUNDLE against the baselines on DATA's test split."""
     from ray_router.evaluation.job import run_evaluation
-    from ray_router.resources import ensure_ray
     from ray_router.evaluation.report import headline_table
+    from ray_router.resources import ensure_ray
 
     chosen = BASELINES if "all" in baselines else tuple(b for b in baselines if b != "none")
     ensure_ray(address)

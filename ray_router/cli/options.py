@@ -1,4 +1,4 @@
-"""Click parameter types shared by several commands."""
+"""Click parameter types and options shared by several commands."""
 
 import click
 
@@ -51,3 +51,28 @@ ray_address_option = click.option(
     envvar="RAY_ADDRESS",
     help="Ray cluster to use (default: the one this job runs in, else a local one).",
 )
+
+
+batch_size_option = click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+                                 help="Prompts per encoder forward.")
+
+
+def worker_options(command):
+    """--concurrency, --num-gpus-per-worker and --cpus-per-worker: the job's Ray Data actors."""
+    for option in reversed([
+        click.option("--concurrency", type=click.IntRange(min=1), default=None,
+                     help="Encoder actors (default: from cluster resources)."),
+        click.option("--num-gpus-per-worker", type=click.FloatRange(min=0), default=None,
+                     help="Default: 1 when the cluster has GPUs, else 0."),
+        click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=0.5,
+                     show_default=True),
+    ]):
+        command = option(command)
+    return command
+
+
+def worker_resources(concurrency: int | None, num_gpus_per_worker: float | None, cpus_per_worker: float):
+    """The WorkerResources that the worker options give."""
+    from ray_router.resources import WorkerResources
+
+    return WorkerResources(num_workers=concurrency, num_gpus=num_gpus_per_worker, num_cpus=cpus_per_worker)

@@ -4,7 +4,7 @@ import json
 
 import click
 
-from ray_router.cli.options import ray_address_option
+from ray_router.cli.options import batch_size_option, ray_address_option, worker_options, worker_resources
 
 
 @click.command()
@@ -22,11 +22,9 @@ from ray_router.cli.options import ray_address_option
 @click.option("--prompt-col", default="prompt", show_default=True, help="Column holding the prompt text.")
 @click.option("--id-col", default=None,
               help="Column holding unique query ids (default: sha256(prompt) prefixes, -2, -3, ... on repeats).")
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--concurrency", type=int, default=None, help="Encoder actors (default: from cluster resources).")
-@click.option("--num-gpus-per-worker", type=float, default=None, help="Default: 1 when the cluster has GPUs, else 0.")
-@click.option("--cpus-per-worker", type=float, default=0.5, show_default=True)
-@click.option("--limit", type=int, default=None, help="Only the first N queries of the input.")
+@batch_size_option
+@worker_options
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N queries of the input.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @ray_address_option
 def route(bundle, input_path, out, kind, tau, lam, budget, allowed, prompt_col, id_col, batch_size, concurrency,
@@ -34,14 +32,15 @@ def route(bundle, input_path, out, kind, tau, lam, budget, allowed, prompt_col, 
     """Route every query of INPUT with the router BUNDLE; decisions and a summary go to OUT (resumable)."""
     from dataclasses import asdict
 
-    from ray_router.batch.routing import format_summary, route_queries
+    from ray_router.batch.routing import route_queries
+    from ray_router.batch.summary import format_summary
 
     given = {"kind": kind, "tau": tau, "lam": lam, "budget": budget,
              "allowed": [a.strip() for a in allowed.split(",") if a.strip()] if allowed is not None else None}
     result = route_queries(
         bundle, input_path, out, {k: v for k, v in given.items() if v is not None},
-        prompt_col=prompt_col, id_col=id_col, limit=limit, batch_size=batch_size, concurrency=concurrency,
-        num_gpus_per_worker=num_gpus_per_worker, cpus_per_worker=cpus_per_worker, ray_address=address,
+        prompt_col=prompt_col, id_col=id_col, limit=limit, batch_size=batch_size,
+        resources=worker_resources(concurrency, num_gpus_per_worker, cpus_per_worker), ray_address=address,
     )
     if as_json:
         click.echo(json.dumps(asdict(result.summary), indent=2, sort_keys=True))

@@ -44,17 +44,17 @@ def scan_layers_command(data, features, out, k, select, config_path, local, addr
 @ray_address_option
 def train(data, features, out, scan, config_path, local, address):
     """Fit SharedTrunkNet on DATA's training split and write a self-describing router bundle."""
-    from ray_router.resources import ensure_ray
     from ray_router.model.router_training import RouterTrainConfig, train_router
+    from ray_router.resources import ensure_ray
 
     config = RouterTrainConfig.from_yaml(config_path)
     if not local:
         ensure_ray(address)
     router = train_router(data, features, out, scan=scan, config=config, use_ray=not local)
-    v = router.manifest.validation
-    auc = v.get("holdout_mean_auc")
+    summary = router.manifest.validation
+    auc = summary.holdout_mean_auc
     click.echo(
         f"{out}: {len(router.targets)} targets, {router.manifest.n_members} members kept of "
-        f"{len(v['member_val_losses'])}, d_in {router.manifest.d_in}, "
-        f"holdout mean AUC {'n/a' if auc is None else f'{auc:.3f}'} on {v['holdout_rows']} rows"
+        f"{len(summary.member_val_losses)}, d_in {router.manifest.d_in}, "
+        f"holdout mean AUC {'n/a' if auc is None else f'{auc:.3f}'} on {summary.holdout_rows} rows"
     )

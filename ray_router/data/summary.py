@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pydantic
 
-from ray_router.evaluation import metrics
 from ray_router.data.routing_dataset import FORMAT_VERSION, SPLITS, RoutingDataset
+from ray_router.evaluation import metrics
 
 
 def _number(value: float) -> float | None:

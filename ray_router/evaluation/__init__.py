@@ -1,1 +1,1 @@
-"""evaluation"""
+"""Evaluation: metrics, baseline routers, the comparison on a test split, and its report."""

@@ -62,7 +62,8 @@ class KnnRouter:
     queries within one target). Ties go to the smaller k. Neighbours always come from the training
     prompts passed to ``fit``.
 
-    Fitted attributes: ``k_``, ``prior_`` (K,), ``validation_log_loss_`` {k: loss} (empty when k is given).
+    Fitted attributes: ``embeddings_`` (unit rows), ``labels_``, ``k_``, ``prior_`` (K,), ``validation_log_loss_``
+    {k: loss} (empty when k is given).
     """
 
     def __init__(
@@ -85,48 +86,48 @@ class KnnRouter:
 
     def fit(
         self,
-        emb_train: np.ndarray,
-        labels_train: np.ndarray,
-        emb_val: np.ndarray | None = None,
-        labels_val: np.ndarray | None = None,
+        X: np.ndarray,
+        Y: np.ndarray,
+        X_val: np.ndarray | None = None,
+        Y_val: np.ndarray | None = None,
     ) -> KnnRouter:
-        """Store the normalised training embeddings and labels; choose k on (emb_val, labels_val)
+        """Store the normalised training embeddings X (n, d) and labels Y (n, K); choose k on (X_val, Y_val)
         unless ``k`` was given (then validation data is not needed)."""
-        self._emb = _unit_rows(emb_train)
-        self._labels = np.asarray(labels_train, dtype=float)
-        if self._labels.ndim != 2 or self._labels.shape[0] != self._emb.shape[0]:
-            raise ValueError(f"labels_train must be ({self._emb.shape[0]}, K), got {self._labels.shape}")
-        self.prior_ = _training_accuracy(self._labels)
-        n_train = self._emb.shape[0]
+        self.embeddings_ = _unit_rows(X)
+        self.labels_ = np.asarray(Y, dtype=float)
+        if self.labels_.ndim != 2 or self.labels_.shape[0] != self.embeddings_.shape[0]:
+            raise ValueError(f"Y must be ({self.embeddings_.shape[0]}, K), got {self.labels_.shape}")
+        self.prior_ = _training_accuracy(self.labels_)
+        n_train = self.embeddings_.shape[0]
         self.validation_log_loss_: dict[int, float] = {}
         if self.k is not None:
             self.k_ = min(self.k, n_train)
             return self
-        if emb_val is None or labels_val is None:
-            raise ValueError("KnnRouter without a fixed k needs emb_val and labels_val to choose k")
+        if X_val is None or Y_val is None:
+            raise ValueError("KnnRouter without a fixed k needs X_val and Y_val to choose k")
         grid = sorted({min(value, n_train) for value in self.k_grid})
-        proba_by_k = self._neighbour_proba(emb_val, grid)
-        self.validation_log_loss_ = {k: mean_log_loss(proba_by_k[k], labels_val) for k in grid}
+        proba_by_k = self._neighbour_proba(X_val, grid)
+        self.validation_log_loss_ = {k: mean_log_loss(proba_by_k[k], Y_val) for k in grid}
         self.k_ = min(grid, key=lambda k: (self.validation_log_loss_[k], k))
         return self
 
-    def predict_proba(self, emb: np.ndarray) -> np.ndarray:
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """(n, K) smoothed accuracy of each target among the ``k_`` nearest training prompts."""
-        return self._neighbour_proba(emb, [self.k_])[self.k_]
+        return self._neighbour_proba(X, [self.k_])[self.k_]
 
     def _neighbour_proba(self, emb: np.ndarray, ks: list[int]) -> dict[int, np.ndarray]:
         """{k: (n, K) proba} for every k in ``ks``, from one nearest-neighbour search in batches."""
         queries = _unit_rows(emb)
-        if queries.shape[1] != self._emb.shape[1]:
-            raise ValueError(f"embeddings have {queries.shape[1]} dimensions, the training ones {self._emb.shape[1]}")
-        n, n_train = queries.shape[0], self._emb.shape[0]
+        if queries.shape[1] != self.embeddings_.shape[1]:
+            raise ValueError(f"embeddings have {queries.shape[1]} dimensions, the training ones {self.embeddings_.shape[1]}")
+        n, n_train = queries.shape[0], self.embeddings_.shape[0]
         k_max = max(ks)
-        known = ~np.isnan(self._labels)
-        label_sum = np.where(known, self._labels, 0.0)
-        out = {k: np.empty((n, self._labels.shape[1])) for k in ks}
+        known = ~np.isnan(self.labels_)
+        label_sum = np.where(known, self.labels_, 0.0)
+        out = {k: np.empty((n, self.labels_.shape[1])) for k in ks}
         starts = range(0, n, self.batch_size)
         for start in tqdm(starts, desc="kNN", unit="batch", disable=None, leave=False):
-            similarity = queries[start : start + self.batch_size] @ self._emb.T
+            similarity = queries[start : start + self.batch_size] @ self.embeddings_.T
             nearest = np.argpartition(-similarity, k_max - 1, axis=1)[:, :k_max] if k_max < n_train else (
                 np.broadcast_to(np.arange(n_train), similarity.shape)
             )
@@ -152,10 +153,10 @@ class TaskLabelRouter:
     Fitted attributes: ``global_accuracy_`` (K,), ``task_accuracy_`` {task: (K,)}.
     """
 
-    def fit(self, tasks_train: Sequence[str | None], labels_train: np.ndarray) -> TaskLabelRouter:
+    def fit(self, X: Sequence[str | None], Y: np.ndarray) -> TaskLabelRouter:
         """Per-task and global accuracies of every target, over known labels."""
-        labels = np.asarray(labels_train, dtype=float)
-        tasks = np.asarray(tasks_train, dtype=object)
+        labels = np.asarray(Y, dtype=float)
+        tasks = np.asarray(X, dtype=object)
         if labels.ndim != 2 or tasks.shape != labels.shape[:1]:
             raise ValueError(f"need one task per labelled row: {tasks.shape} tasks, labels {labels.shape}")
         self.global_accuracy_ = _training_accuracy(labels)
@@ -165,12 +166,12 @@ class TaskLabelRouter:
             self.task_accuracy_[str(task)] = np.where(np.isnan(accuracy), self.global_accuracy_, accuracy)
         return self
 
-    def predict_proba(self, tasks: Sequence[str | None]) -> np.ndarray:
+    def predict_proba(self, X: Sequence[str | None]) -> np.ndarray:
         """(n, K) training accuracy of each target on each query's task."""
         return np.array(
             [self.task_accuracy_.get(str(task), self.global_accuracy_) if task is not None else self.global_accuracy_
-             for task in tasks]
-        ).reshape(len(tasks), self.global_accuracy_.size)
+             for task in X]
+        ).reshape(len(X), self.global_accuracy_.size)
 
 
 def random_choice(n: int, n_targets: int, seed: int = 0, allowed: np.ndarray | None = None) -> np.ndarray:

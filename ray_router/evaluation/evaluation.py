@@ -1,6 +1,11 @@
 """Evaluate probability routers and choice baselines on one test split, on the same queries for all
 (METHOD.md, "Metrics" and "Baselines").
 
+``evaluate`` takes the routers themselves (``RouterInput``: a ``ProbaRouter`` with what it reads for the
+test and validation queries), predicts with them and returns ``EvaluationResults``, a tree of dataclasses;
+``EvaluationResults.to_json`` gives the plain dict of metrics.json. In the dataclasses NaN marks an
+undefined number and None what does not apply (no validation split, an operating point never reached).
+
 For every probability router (prefill router, semantic trunk net, kNN, task label):
 - probability quality on test: per-target ROC-AUC and their mean, Brier score, ECE, calibration bins;
 - the cost-accuracy curve on test from sweeping the policy parameter (tau or lambda), its AIQ over one
@@ -21,25 +26,30 @@ the expected cost and is counted. Missing labels are counted, never scored.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any
 
 import numpy as np
 
 from ray_router.evaluation import metrics
 from ray_router.evaluation.baselines import best_single_choice, cheapest_choice, random_choice
-from ray_router.policy.policies import SWEEPABLE, Decision, PolicyConfig, default_sweep_values, route, sweep
+from ray_router.model.proba_router import ProbaRouter
+from ray_router.policy.config import SWEEPABLE, PolicyConfig
+from ray_router.policy.policies import Ranking, default_sweep_values, route, sweep
 
 FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
-class RouterScores:
-    """A probability router's predicted correctness: ``proba_test`` (n_test, K) and, to choose
-    operating points, ``proba_val`` (n_val, K) on the validation split (None: default point only)."""
+class RouterInput:
+    """A router to evaluate: ``router.predict_proba(X_test)`` gives its (n_test, K) probabilities and, to
+    choose operating points, ``router.predict_proba(X_val)`` those on the validation split (None: the
+    default point only). ``X_test`` and ``X_val`` are whatever the router reads, one row per query."""
 
     name: str
-    proba_test: np.ndarray
-    proba_val: np.ndarray | None = None
+    router: ProbaRouter
+    X_test: Any
+    X_val: Any = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,262 @@ class SplitData:
     labels: np.ndarray
     expected_cost: np.ndarray
     true_cost: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class PolicySweep:
+    """The policy whose parameter is swept: its ``kind``, the parameter's name ("tau" or "lam"), the swept
+    ``values`` (possibly inf) and the policy's ``default`` value."""
+
+    kind: str
+    parameter: str
+    values: list[float]
+    default: float
+
+
+@dataclass(frozen=True)
+class MissingLabels:
+    """Missing labels of one split: NaN cells, in total and per target, and queries without any label."""
+
+    cells: int
+    per_target: list[int]
+    queries_without_any_label: int
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """Split sizes and missing data (``n_val`` and ``val_missing_labels`` None without a validation
+    split); ``best_single_chosen_on``: the labels ("training" or "validation") that chose the
+    always-best-single baseline."""
+
+    n_test: int
+    n_val: int | None
+    test_missing_labels: MissingLabels
+    val_missing_labels: MissingLabels | None
+    test_cost_cells_from_expected: int
+    best_single_chosen_on: str
+
+
+@dataclass(frozen=True)
+class ReferenceTarget:
+    """One single target on test: its column index and name, accuracy, mean and total cost."""
+
+    index: int
+    name: str
+    accuracy: float
+    mean_cost: float
+    total_cost: float
+
+
+@dataclass(frozen=True)
+class ApgrPair:
+    """The targets APGR compares in a two-target pool: ``strong`` (the test's best single) and ``weak``."""
+
+    strong: str
+    weak: str
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The test's references: the best single target (gap closed), the oracle's accuracy, the most
+    expensive target (cost savings), the cheapest target, AIQ's common cost range (None: each curve's
+    own), the AIQ of mixing the single targets and, for two-target pools only, the APGR pair."""
+
+    best_single: ReferenceTarget
+    oracle_accuracy: float
+    most_expensive: ReferenceTarget
+    cheapest: ReferenceTarget
+    aiq_cost_range: tuple[float, float] | None
+    aiq_single_targets: float
+    apgr_pair: ApgrPair | None = None
+
+
+@dataclass(frozen=True)
+class SingleTargets:
+    """Always choosing each target on test: accuracy, scored queries, mean and total cost per target, and
+    ``pareto_front``, the indices of the targets on the cost-accuracy Pareto front, by cost."""
+
+    accuracy: list[float]
+    n_scored: list[int]
+    mean_cost: list[float]
+    total_cost: list[float]
+    pareto_front: list[int]
+
+
+@dataclass(frozen=True)
+class AgreementZones:
+    """Shares of the ``n_rows`` test queries with every label known where all targets are right, all are
+    wrong, or they disagree; ``n_excluded`` queries have a missing label."""
+
+    all_right: float
+    all_wrong: float
+    disagree: float
+    n_rows: int
+    n_excluded: int
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Reliability diagram data (``metrics.calibration_curve``): ``bin_edges`` and, per bin, the count of
+    (query, target) cells, their mean predicted probability and observed accuracy (NaN: empty bin)."""
+
+    bin_edges: list[float]
+    count: list[int]
+    mean_predicted: list[float]
+    observed: list[float]
+
+
+@dataclass(frozen=True)
+class ProbabilityQuality:
+    """A router's probabilities on test: per-target ROC-AUC (NaN: one class only), their mean, the number
+    of targets without one, Brier score, ECE and calibration bins."""
+
+    auc_per_target: list[float]
+    mean_auc: float
+    n_targets_without_auc: int
+    brier: float
+    ece: float
+    calibration: Calibration
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A cost-accuracy curve: per swept ``parameter`` value, accuracy, mean and total cost, queries whose
+    chosen target has no label, and the share of queries sent to each target."""
+
+    parameter: list[float]
+    accuracy: list[float]
+    mean_cost: list[float]
+    total_cost: list[float]
+    n_missing_label: list[int]
+    choice_share: list[list[float]]
+
+
+@dataclass(frozen=True)
+class AccuracyDifference:
+    """Accuracy minus the test's best single target's, over the queries where both labels are known, with
+    its paired bootstrap 95 % interval (all NaN when there is no such query)."""
+
+    difference: float
+    ci_low: float
+    ci_high: float
+
+
+@dataclass(frozen=True)
+class ScoredPoint:
+    """Every metric of routing each test query to one chosen target: ``metrics.routed_outcome`` (queries,
+    scored, missing labels, accuracy, choice share, total and mean cost, missing costs), the costs taken
+    from the expected cost, gap closed, cost savings, accuracy on disagreement and the difference with
+    the best single target."""
+
+    n_queries: int
+    n_scored: int
+    n_missing_label: int
+    accuracy: float
+    choice_share: list[float]
+    total_cost: float
+    mean_cost: float
+    n_missing_cost: int
+    n_cost_from_expected: int
+    gap_closed: float
+    cost_savings: float
+    accuracy_on_disagreement: float
+    accuracy_vs_best_single: AccuracyDifference
+
+
+@dataclass(frozen=True)
+class ValidationPoint:
+    """Where an operating point lies on the validation curve."""
+
+    accuracy: float
+    mean_cost: float
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A policy parameter chosen on the validation curve (``chosen_on`` "validation") or the policy's
+    default (``chosen_on`` "default", no sweep index nor validation point), scored on ``test``. A point
+    no sweep value qualified for is not ``reached``: parameter, sweep_index, validation and test are None."""
+
+    chosen_on: str
+    reached: bool
+    parameter: float | None
+    sweep_index: int | None
+    validation: ValidationPoint | None
+    test: ScoredPoint | None
+
+
+@dataclass(frozen=True)
+class ReadoutPoint:
+    """An operating point read off the test curve (optimistic: its parameter is chosen on test)."""
+
+    parameter: float
+    sweep_index: int
+    accuracy: float
+    mean_cost: float
+
+
+@dataclass(frozen=True)
+class RouterResult:
+    """One probability router: probability quality, test curve, validation curve (None without
+    validation), AIQ, APGR (None unless two targets), ``operating_points`` by name (best_accuracy,
+    match_best_single and at_cheapest_cost with validation, then default) and ``test_readout``, the
+    validation points' names read off the test curve (None: not reached)."""
+
+    name: str
+    probability: ProbabilityQuality
+    curve: Curve
+    val_curve: Curve | None
+    aiq: float
+    apgr: float | None
+    operating_points: dict[str, OperatingPoint]
+    test_readout: dict[str, ReadoutPoint | None]
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    """A choice baseline (random, always-cheapest, always-best-single or oracle) scored on test."""
+
+    name: str
+    description: str
+    test: ScoredPoint
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """The router bundle evaluated: its path, feature schema id, encoder and layer selection."""
+
+    path: str
+    feature_schema: str
+    encoder: str
+    selection: dict | None
+
+
+@dataclass
+class EvaluationResults:
+    """What ``evaluate`` returns (see its docstring); ``bundle`` is the caller's to fill."""
+
+    format_version: int
+    targets: list[str]
+    policy: PolicySweep
+    data: DataSummary
+    reference: Reference
+    single_targets: SingleTargets
+    agreement_zones: AgreementZones
+    routers: list[RouterResult]
+    baselines: list[BaselineResult]
+    notes: list[str]
+    bundle: BundleInfo | None = None
+
+    def to_json(self) -> dict:
+        """The results as metrics.json holds them: plain Python values (``to_plain``), keyed by field name,
+        without ``reference.apgr_pair`` and ``bundle`` when they are None."""
+        plain = to_plain(self)
+        if self.reference.apgr_pair is None:
+            del plain["reference"]["apgr_pair"]
+        if self.bundle is None:
+            del plain["bundle"]
+        return plain
 
 
 class _Split:
@@ -70,25 +336,25 @@ class _Split:
         self.cost = np.where(self.cost_from_expected, self.expected, true_cost)
         self.n = self.labels.shape[0]
 
-    def missing_labels(self) -> dict:
+    def missing_labels(self) -> MissingLabels:
         missing = np.isnan(self.labels)
-        return {
-            "cells": int(missing.sum()),
-            "per_target": missing.sum(axis=0).tolist(),
-            "queries_without_any_label": int(missing.all(axis=1).sum()),
-        }
+        return MissingLabels(
+            cells=int(missing.sum()),
+            per_target=missing.sum(axis=0).tolist(),
+            queries_without_any_label=int(missing.all(axis=1).sum()),
+        )
 
-    def curve(self, decisions: list[Decision], values: np.ndarray) -> dict:
+    def curve(self, decisions: list[Ranking], values: np.ndarray) -> Curve:
         """Cost-accuracy points of a parameter sweep (one per value)."""
         outcomes = [metrics.routed_outcome(d.choice, self.labels, self.cost) for d in decisions]
-        return {
-            "parameter": values.tolist(),
-            "accuracy": [o["accuracy"] for o in outcomes],
-            "mean_cost": [o["mean_cost"] for o in outcomes],
-            "total_cost": [o["total_cost"] for o in outcomes],
-            "n_missing_label": [o["n_missing_label"] for o in outcomes],
-            "choice_share": [o["choice_share"] for o in outcomes],
-        }
+        return Curve(
+            parameter=values.tolist(),
+            accuracy=[o["accuracy"] for o in outcomes],
+            mean_cost=[o["mean_cost"] for o in outcomes],
+            total_cost=[o["total_cost"] for o in outcomes],
+            n_missing_label=[o["n_missing_label"] for o in outcomes],
+            choice_share=[o["choice_share"] for o in outcomes],
+        )
 
 
 class _TestScorer:
@@ -97,6 +363,7 @@ class _TestScorer:
     def __init__(self, split: _Split, target_names: list[str], n_boot: int, seed: int):
         self.split, self.names, self.n_boot, self.seed = split, target_names, n_boot, seed
         self.single = metrics.per_target_outcomes(split.labels, split.cost)
+        self.scored_targets = np.flatnonzero(np.isfinite(self.single["accuracy"]))  # any known test label
         self.best = metrics.best_single(split.labels, split.cost)
         self.oracle_accuracy = metrics.oracle_accuracy(split.labels)
         total = self.single["total_cost"]
@@ -104,25 +371,25 @@ class _TestScorer:
         self.cheapest = int(np.argmin(total))
         self.best_correct = split.labels[:, self.best]
 
-    def summary(self, choice: np.ndarray) -> dict:
+    def summary(self, choice: np.ndarray) -> ScoredPoint:
         """Every metric of routing each test query to ``choice``."""
         split = self.split
         outcome = metrics.routed_outcome(choice, split.labels, split.cost)
         rows = np.arange(split.n)
         correct = split.labels[rows, choice]
         try:
-            difference = dict(zip(("difference", "ci_low", "ci_high"), metrics.paired_bootstrap_ci(
-                correct, self.best_correct, n_boot=self.n_boot, seed=self.seed)))
+            difference = AccuracyDifference(*metrics.paired_bootstrap_ci(
+                correct, self.best_correct, n_boot=self.n_boot, seed=self.seed))
         except ValueError:  # no query with both labels known
-            difference = {"difference": math.nan, "ci_low": math.nan, "ci_high": math.nan}
-        return {
+            difference = AccuracyDifference(math.nan, math.nan, math.nan)
+        return ScoredPoint(
             **outcome,
-            "n_cost_from_expected": int(split.cost_from_expected[rows, choice].sum()),
-            "gap_closed": self._gap_closed(correct),
-            "cost_savings": metrics.cost_savings(outcome["total_cost"], self.single["total_cost"][self.most_expensive]),
-            "accuracy_on_disagreement": metrics.accuracy_on_disagreement(choice, split.labels),
-            "accuracy_vs_best_single": difference,
-        }
+            n_cost_from_expected=int(split.cost_from_expected[rows, choice].sum()),
+            gap_closed=self._gap_closed(correct),
+            cost_savings=metrics.cost_savings(outcome["total_cost"], self.single["total_cost"][self.most_expensive]),
+            accuracy_on_disagreement=metrics.accuracy_on_disagreement(choice, split.labels),
+            accuracy_vs_best_single=difference,
+        )
 
     def _gap_closed(self, correct: np.ndarray) -> float:
         """Gap closed on the queries whose chosen target has a label, with the best single target and
@@ -134,21 +401,38 @@ class _TestScorer:
         return metrics.gap_closed(float(correct[scored].mean()), float(np.nanmean(best)),
                                   metrics.oracle_accuracy(self.split.labels[scored]))
 
-    def reference(self) -> dict:
-        def target(k: int) -> dict:
-            return {"index": k, "name": self.names[k], "accuracy": self.single["accuracy"][k],
-                    "mean_cost": self.single["mean_cost"][k], "total_cost": self.single["total_cost"][k]}
+    def reference(self, cost_range: tuple[float, float] | None) -> Reference:
+        def target(k: int) -> ReferenceTarget:
+            return ReferenceTarget(index=k, name=self.names[k], accuracy=float(self.single["accuracy"][k]),
+                                   mean_cost=float(self.single["mean_cost"][k]),
+                                   total_cost=float(self.single["total_cost"][k]))
 
-        return {
-            "best_single": target(self.best),
-            "oracle_accuracy": self.oracle_accuracy,
-            "most_expensive": target(self.most_expensive),
-            "cheapest": target(self.cheapest),
-        }
+        scored = self.scored_targets
+        return Reference(
+            best_single=target(self.best),
+            oracle_accuracy=self.oracle_accuracy,
+            most_expensive=target(self.most_expensive),
+            cheapest=target(self.cheapest),
+            aiq_cost_range=cost_range,
+            aiq_single_targets=metrics.aiq(self.single["mean_cost"][scored], self.single["accuracy"][scored],
+                                           cost_range),
+            apgr_pair=ApgrPair(strong=self.names[self.best], weak=self.names[1 - self.best])
+            if len(self.names) == 2 else None,
+        )
+
+    def single_targets(self) -> SingleTargets:
+        single, scored = self.single, self.scored_targets
+        return SingleTargets(
+            accuracy=single["accuracy"].tolist(),
+            n_scored=single["n_scored"].tolist(),
+            mean_cost=single["mean_cost"].tolist(),
+            total_cost=single["total_cost"].tolist(),
+            pareto_front=scored[metrics.pareto_front(single["mean_cost"][scored], single["accuracy"][scored])].tolist(),
+        )
 
 
 def evaluate(
-    routers: list[RouterScores],
+    routers: list[RouterInput],
     target_names: list[str],
     test: SplitData,
     val: SplitData | None = None,
@@ -158,20 +442,14 @@ def evaluate(
     sweep_values: np.ndarray | None = None,
     seed: int = 0,
     n_boot: int = 2000,
-) -> dict:
+) -> EvaluationResults:
     """Evaluate ``routers`` and the baselines on ``test``; see the module docstring.
 
-    ``val`` (with each router's ``proba_val``) chooses the operating points. ``labels_train`` chooses
-    the always-best-single baseline (validation labels when it is None; never test labels).
-    ``policy_kind`` is "tolerance" (sweeps tau) or "utility" (sweeps lambda) over ``sweep_values``
-    (default: policies.default_sweep_values). ``seed`` drives the random baseline and the bootstrap.
-
-    Returns a JSON-ready dict of plain Python values: undefined numbers are None (NaN in the
-    metrics), an infinite sweep parameter is the string "inf". Keys: format_version, targets, policy,
-    data (sizes, missing labels, costs from expected), reference (best single, oracle, most expensive
-    and cheapest targets on test, AIQ cost range, AIQ of mixing single targets, the APGR pair),
-    single_targets (per-target test accuracy and cost, Pareto front), agreement_zones, routers (per
-    router: probability, curve, val_curve, aiq, apgr, operating_points, test_readout), baselines, notes.
+    Each router predicts on its ``X_test`` and, when ``val`` is given, on its ``X_val``: ``val`` chooses
+    the operating points. ``labels_train`` chooses the always-best-single baseline (validation labels
+    when it is None; never test labels). ``policy_kind`` is "tolerance" (sweeps tau) or "utility"
+    (sweeps lambda) over ``sweep_values`` (default: policies.default_sweep_values). ``seed`` drives the
+    random baseline and the bootstrap.
     """
     names = list(target_names)
     if policy_kind not in SWEEPABLE:
@@ -179,7 +457,7 @@ def evaluate(
     values = default_sweep_values(policy_kind) if sweep_values is None else np.asarray(sweep_values, dtype=float)
     test_split = _Split(test, len(names), "test")
     val_split = None if val is None else _Split(val, len(names), "validation")
-    _check_routers(routers, test_split, val_split)
+    predictions = _predict(routers, test_split, val_split)
     scorer = _TestScorer(test_split, names, n_boot, seed)
     cost_range = _common_cost_range(scorer.single["mean_cost"])
     notes = [
@@ -192,126 +470,123 @@ def evaluate(
         notes.append("No true per-query test cost: cost is evaluated on the expected cost.")
 
     router_results = [
-        _evaluate_router(router, scorer, val_split, names, policy_kind, values, cost_range) for router in routers
+        _evaluate_router(name, proba_test, proba_val, scorer, val_split, names, policy_kind, values, cost_range)
+        for name, proba_test, proba_val in predictions
     ]
     baselines, best_single_source = _evaluate_baselines(scorer, val_split, labels_train, names, seed)
-    single = scorer.single
-    reference = scorer.reference()
-    reference["aiq_cost_range"] = list(cost_range) if cost_range else None
-    scored = np.flatnonzero(np.isfinite(single["accuracy"]))  # targets with any known test label
-    reference["aiq_single_targets"] = metrics.aiq(single["mean_cost"][scored], single["accuracy"][scored], cost_range)
-    if len(names) == 2:
-        reference["apgr_pair"] = {"strong": names[scorer.best], "weak": names[1 - scorer.best]}
-    results = {
-        "format_version": FORMAT_VERSION,
-        "targets": names,
-        "policy": {
-            "kind": policy_kind,
-            "parameter": SWEEPABLE[policy_kind],
-            "values": values.tolist(),
-            "default": _default_parameter(policy_kind),
-        },
-        "data": {
-            "n_test": test_split.n,
-            "n_val": None if val_split is None else val_split.n,
-            "test_missing_labels": test_split.missing_labels(),
-            "val_missing_labels": None if val_split is None else val_split.missing_labels(),
-            "test_cost_cells_from_expected": int(test_split.cost_from_expected.sum()),
-            "best_single_chosen_on": best_single_source,
-        },
-        "reference": reference,
-        "single_targets": {
-            "accuracy": single["accuracy"].tolist(),
-            "n_scored": single["n_scored"].tolist(),
-            "mean_cost": single["mean_cost"].tolist(),
-            "total_cost": single["total_cost"].tolist(),
-            "pareto_front": scored[
-                metrics.pareto_front(single["mean_cost"][scored], single["accuracy"][scored])].tolist(),
-        },
-        "agreement_zones": metrics.agreement_zones(test_split.labels),
-        "routers": router_results,
-        "baselines": baselines,
-        "notes": notes,
-    }
-    return to_plain(results)
+    return EvaluationResults(
+        format_version=FORMAT_VERSION,
+        targets=names,
+        policy=PolicySweep(kind=policy_kind, parameter=SWEEPABLE[policy_kind], values=values.tolist(),
+                           default=_default_parameter(policy_kind)),
+        data=DataSummary(
+            n_test=test_split.n,
+            n_val=None if val_split is None else val_split.n,
+            test_missing_labels=test_split.missing_labels(),
+            val_missing_labels=None if val_split is None else val_split.missing_labels(),
+            test_cost_cells_from_expected=int(test_split.cost_from_expected.sum()),
+            best_single_chosen_on=best_single_source,
+        ),
+        reference=scorer.reference(cost_range),
+        single_targets=scorer.single_targets(),
+        agreement_zones=AgreementZones(**metrics.agreement_zones(test_split.labels)),
+        routers=router_results,
+        baselines=baselines,
+        notes=notes,
+    )
+
+
+def _predict(
+    routers: list[RouterInput], test: _Split, val: _Split | None
+) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """(name, test probabilities, validation probabilities or None) of each router, shapes checked."""
+    seen = set()
+    for item in routers:
+        if item.name in seen:
+            raise ValueError(f"two routers are named {item.name!r}")
+        seen.add(item.name)
+    predictions = []
+    for item in routers:
+        proba_test = np.asarray(item.router.predict_proba(item.X_test), dtype=float)
+        if proba_test.shape != test.labels.shape:
+            raise ValueError(f"{item.name}: proba_test must be {test.labels.shape}, got {proba_test.shape}")
+        proba_val = None
+        if val is not None and item.X_val is not None:
+            proba_val = np.asarray(item.router.predict_proba(item.X_val), dtype=float)
+            if proba_val.shape != val.labels.shape:
+                raise ValueError(f"{item.name}: proba_val must be {val.labels.shape}, got {proba_val.shape}")
+        predictions.append((item.name, proba_test, proba_val))
+    return predictions
 
 
 def _evaluate_router(
-    router: RouterScores,
+    name: str,
+    proba: np.ndarray,
+    proba_val: np.ndarray | None,
     scorer: _TestScorer,
     val: _Split | None,
     names: list[str],
     kind: str,
     values: np.ndarray,
     cost_range: tuple[float, float] | None,
-) -> dict:
+) -> RouterResult:
     test = scorer.split
-    proba = np.asarray(router.proba_test, dtype=float)
-    auc = metrics.roc_auc_per_target(proba, test.labels)
-    probability = {
-        "auc_per_target": auc.tolist(),
-        "mean_auc": float(np.nanmean(auc)) if not np.isnan(auc).all() else math.nan,
-        "n_targets_without_auc": int(np.isnan(auc).sum()),
-        "brier": metrics.brier_score(proba, test.labels),
-        "ece": metrics.expected_calibration_error(proba, test.labels),
-        "calibration": {key: value.tolist() for key, value in metrics.calibration_curve(proba, test.labels).items()},
-    }
     decisions = sweep(proba, test.expected, kind, values, names)
     curve = test.curve(decisions, values)
     finite = _finite_points(curve)
-    result = {
-        "name": router.name,
-        "probability": probability,
-        "curve": curve,
-        "val_curve": None,
-        "aiq": metrics.aiq(np.array(curve["mean_cost"])[finite], np.array(curve["accuracy"])[finite], cost_range)
-        if finite.size else math.nan,
-        "apgr": _apgr(curve, finite, scorer) if len(names) == 2 else None,
-        "operating_points": {},
-        "test_readout": _readout(curve, scorer.single),
-    }
-    if val is not None and router.proba_val is not None:
-        val_decisions = sweep(np.asarray(router.proba_val, dtype=float), val.expected, kind, values, names)
-        val_curve = val.curve(val_decisions, values)
-        result["val_curve"] = val_curve
+    val_curve, operating_points = None, {}
+    if proba_val is not None:
+        val_curve = val.curve(sweep(proba_val, val.expected, kind, values, names), values)
         val_single = metrics.per_target_outcomes(val.labels, val.cost)
-        for name, index in _readout_indices(val_curve, val_single).items():
-            result["operating_points"][name] = _operating_point(
-                "validation", index, values, val_curve, scorer, decisions)
+        for point, index in _readout_indices(val_curve, val_single).items():
+            operating_points[point] = _operating_point(index, values, val_curve, scorer, decisions)
     default = route(proba, test.expected, PolicyConfig(kind=kind), names)
-    result["operating_points"]["default"] = {
-        "chosen_on": "default",
-        "reached": True,
-        "parameter": _default_parameter(kind),
-        "sweep_index": None,
-        "validation": None,
-        "test": scorer.summary(default.choice),
-    }
-    return result
+    operating_points["default"] = OperatingPoint(chosen_on="default", reached=True, parameter=_default_parameter(kind),
+                                                 sweep_index=None, validation=None, test=scorer.summary(default.choice))
+    return RouterResult(
+        name=name,
+        probability=_probability_quality(proba, test.labels),
+        curve=curve,
+        val_curve=val_curve,
+        aiq=metrics.aiq(np.array(curve.mean_cost)[finite], np.array(curve.accuracy)[finite], cost_range)
+        if finite.size else math.nan,
+        apgr=_apgr(curve, finite, scorer) if len(names) == 2 else None,
+        operating_points=operating_points,
+        test_readout=_readout(curve, scorer.single),
+    )
+
+
+def _probability_quality(proba: np.ndarray, labels: np.ndarray) -> ProbabilityQuality:
+    auc = metrics.roc_auc_per_target(proba, labels)
+    calibration = metrics.calibration_curve(proba, labels)
+    return ProbabilityQuality(
+        auc_per_target=auc.tolist(),
+        mean_auc=float(np.nanmean(auc)) if not np.isnan(auc).all() else math.nan,
+        n_targets_without_auc=int(np.isnan(auc).sum()),
+        brier=metrics.brier_score(proba, labels),
+        ece=metrics.expected_calibration_error(proba, labels),
+        calibration=Calibration(**{key: value.tolist() for key, value in calibration.items()}),
+    )
 
 
 def _operating_point(
-    chosen_on: str,
-    index: int | None,
-    values: np.ndarray,
-    val_curve: dict,
-    scorer: _TestScorer,
-    decisions: list[Decision],
-) -> dict:
+    index: int | None, values: np.ndarray, val_curve: Curve, scorer: _TestScorer, decisions: list[Ranking]
+) -> OperatingPoint:
+    """The point at sweep ``index`` of the validation curve (None: not reached), scored on test."""
     if index is None:
-        return {"chosen_on": chosen_on, "reached": False, "parameter": None, "sweep_index": None,
-                "validation": None, "test": None}
-    return {
-        "chosen_on": chosen_on,
-        "reached": True,
-        "parameter": float(values[index]),
-        "sweep_index": index,
-        "validation": {"accuracy": val_curve["accuracy"][index], "mean_cost": val_curve["mean_cost"][index]},
-        "test": scorer.summary(decisions[index].choice),
-    }
+        return OperatingPoint(chosen_on="validation", reached=False, parameter=None, sweep_index=None,
+                              validation=None, test=None)
+    return OperatingPoint(
+        chosen_on="validation",
+        reached=True,
+        parameter=float(values[index]),
+        sweep_index=index,
+        validation=ValidationPoint(accuracy=val_curve.accuracy[index], mean_cost=val_curve.mean_cost[index]),
+        test=scorer.summary(decisions[index].choice),
+    )
 
 
-def _readout_indices(curve: dict, single: dict) -> dict[str, int | None]:
+def _readout_indices(curve: Curve, single: dict) -> dict[str, int | None]:
     """Sweep indices of best_accuracy, match_best_single and at_cheapest_cost on ``curve``, with the
     single targets of the same split as references (points with undefined accuracy are skipped)."""
     finite = _finite_points(curve)
@@ -319,7 +594,7 @@ def _readout_indices(curve: dict, single: dict) -> dict[str, int | None]:
     if finite.size == 0 or targets.size == 0:
         return {"best_accuracy": None, "match_best_single": None, "at_cheapest_cost": None}
     points = metrics.operating_points(
-        np.array(curve["mean_cost"])[finite], np.array(curve["accuracy"])[finite],
+        np.array(curve.mean_cost)[finite], np.array(curve.accuracy)[finite],
         single["mean_cost"][targets], single["accuracy"][targets],
     )
 
@@ -333,30 +608,26 @@ def _readout_indices(curve: dict, single: dict) -> dict[str, int | None]:
     }
 
 
-def _readout(curve: dict, single: dict) -> dict:
+def _readout(curve: Curve, single: dict) -> dict[str, ReadoutPoint | None]:
     """The operating points read off the TEST curve (optimistic: the parameter is chosen on test)."""
-    readout = {}
-    for name, index in _readout_indices(curve, single).items():
-        readout[name] = None if index is None else {
-            "parameter": curve["parameter"][index],
-            "sweep_index": index,
-            "accuracy": curve["accuracy"][index],
-            "mean_cost": curve["mean_cost"][index],
-        }
-    return readout
+    return {
+        name: None if index is None else ReadoutPoint(parameter=curve.parameter[index], sweep_index=index,
+                                                      accuracy=curve.accuracy[index], mean_cost=curve.mean_cost[index])
+        for name, index in _readout_indices(curve, single).items()
+    }
 
 
-def _apgr(curve: dict, finite: np.ndarray, scorer: _TestScorer) -> float:
+def _apgr(curve: Curve, finite: np.ndarray, scorer: _TestScorer) -> float:
     """APGR of a two-target curve: the strong target is the test's best single, the other the weak."""
     strong = scorer.best
     accuracy = scorer.single["accuracy"]
-    fractions = np.array([share[strong] for share in curve["choice_share"]])[finite]
-    return metrics.apgr(fractions, np.array(curve["accuracy"])[finite], accuracy[1 - strong], accuracy[strong])
+    fractions = np.array([share[strong] for share in curve.choice_share])[finite]
+    return metrics.apgr(fractions, np.array(curve.accuracy)[finite], accuracy[1 - strong], accuracy[strong])
 
 
 def _evaluate_baselines(
     scorer: _TestScorer, val: _Split | None, labels_train: np.ndarray | None, names: list[str], seed: int
-) -> tuple[list[dict], str]:
+) -> tuple[list[BaselineResult], str]:
     test = scorer.split
     if labels_train is not None:
         reference_labels, source = np.asarray(labels_train, dtype=float), "training"
@@ -374,23 +645,10 @@ def _evaluate_baselines(
          metrics.oracle_choice(test.labels, test.cost)),
     ]
     baselines = [
-        {"name": name, "description": description, "test": scorer.summary(choice)}
+        BaselineResult(name=name, description=description, test=scorer.summary(choice))
         for name, description, choice in choices
     ]
     return baselines, source
-
-
-def _check_routers(routers: list[RouterScores], test: _Split, val: _Split | None) -> None:
-    seen = set()
-    for router in routers:
-        if router.name in seen:
-            raise ValueError(f"two routers are named {router.name!r}")
-        seen.add(router.name)
-        if np.shape(router.proba_test) != test.labels.shape:
-            raise ValueError(
-                f"{router.name}: proba_test must be {test.labels.shape}, got {np.shape(router.proba_test)}")
-        if router.proba_val is not None and val is not None and np.shape(router.proba_val) != val.labels.shape:
-            raise ValueError(f"{router.name}: proba_val must be {val.labels.shape}, got {np.shape(router.proba_val)}")
 
 
 def _common_cost_range(single_mean_cost: np.ndarray) -> tuple[float, float] | None:
@@ -400,9 +658,9 @@ def _common_cost_range(single_mean_cost: np.ndarray) -> tuple[float, float] | No
     return (low, high) if high > low else None
 
 
-def _finite_points(curve: dict) -> np.ndarray:
+def _finite_points(curve: Curve) -> np.ndarray:
     """Indices of sweep points with a defined accuracy and cost."""
-    accuracy, cost = np.array(curve["accuracy"], dtype=float), np.array(curve["mean_cost"], dtype=float)
+    accuracy, cost = np.array(curve.accuracy, dtype=float), np.array(curve.mean_cost, dtype=float)
     return np.flatnonzero(np.isfinite(accuracy) & np.isfinite(cost))
 
 
@@ -411,8 +669,11 @@ def _default_parameter(kind: str) -> float:
 
 
 def to_plain(value):
-    """``value`` with numpy scalars and arrays as Python numbers and lists, tuples as lists, NaN as
-    None and +-infinity as the strings "inf"/"-inf", so that strict JSON round-trips it exactly."""
+    """``value`` with dataclasses as dicts of their fields, numpy scalars and arrays as Python numbers and
+    lists, tuples as lists, NaN as None and +-infinity as the strings "inf"/"-inf", so that strict JSON
+    round-trips it exactly."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {field.name: to_plain(getattr(value, field.name)) for field in fields(value)}
     if isinstance(value, dict):
         return {str(key): to_plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):

@@ -3,47 +3,41 @@
 The router's policy parameters are chosen on its holdout rows (part of the training split that
 the router never trained on); every number is reported on the test split, the same rows for every
 router. The semantic baselines (kNN and the same SharedTrunkNet on all-MiniLM-L6-v2 sentence
-embeddings) get their embeddings through the same extraction job, cached in a feature folder.
+embeddings) get their embeddings through the same extraction job, cached in a feature folder, and are
+fitted in memory on the router's own fit rows.
 """
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ray_router.evaluation.baselines import KnnRouter, TaskLabelRouter
-from ray_router.model.bundle import Router
-from ray_router.errors import UserError
-from ray_router.evaluation.evaluation import RouterScores, SplitData, evaluate
-from ray_router.features.extraction import extract_features
-from ray_router.features.store import FeatureStore
-from ray_router.evaluation.report import write_report
-from ray_router.model.router_training import RouterTrainConfig, split_for_training, train_router
 from ray_router.data.routing_dataset import RoutingDataset
+from ray_router.errors import UserError
+from ray_router.evaluation.baselines import KnnRouter, TaskLabelRouter
+from ray_router.evaluation.evaluation import BundleInfo, EvaluationResults, RouterInput, SplitData, evaluate
+from ray_router.evaluation.report import write_report
+from ray_router.features.extraction import extract_features
+from ray_router.features.schema import EncoderConfig, column_name
+from ray_router.features.store import FeatureStore
+from ray_router.model.router_training import split_for_training
+from ray_router.model.trunk_router import SharedTrunkRouter
+from ray_router.router import Router
 
 BASELINES = ("knn", "semantic-trunk", "task-label")
-SEMANTIC_ENCODER = "minilm-l6"
-SEMANTIC_LAYER = 6  # the last layer of all-MiniLM-L6-v2, mean-pooled: its sentence embedding
-SEMANTIC_MAX_TOKENS = 256  # the model's max_seq_length; the END of long prompts is kept
+# all-MiniLM-L6-v2's sentence embedding: its last layer, mean-pooled, over its max_seq_length of 256
+# tokens (the END of long prompts is kept), on the raw text.
+SEMANTIC_ENCODER = EncoderConfig(encoder="minilm-l6", layers=(6,), poolings=("mean",), max_tokens=256,
+                                 chat_template=False)
+SEMANTIC_COLUMN = column_name(6, "mean")
 
 
-@dataclass
-class _Rows:
-    """One split's query ids, prompts, labels, true costs and task labels."""
-
-    dataset: RoutingDataset
-
-    @property
-    def ids(self):
-        return self.dataset.query_ids
-
-    def task_labels(self) -> np.ndarray:
-        """`category` where the data has it (finer: MMLU-Pro subjects), else `task`."""
-        for column in ("category", "task"):
-            values = self.dataset.column(column)
-            if values is not None and not all(v is None for v in values):
-                return np.array(["" if v is None else str(v) for v in values], dtype=object)
-        raise UserError("the task-label baseline needs a `task` or `category` column in the data")
+def task_labels(dataset: RoutingDataset) -> np.ndarray:
+    """`category` where the data has it (finer: MMLU-Pro subjects), else `task`."""
+    for column in ("category", "task"):
+        values = dataset.column(column)
+        if values is not None and not all(v is None for v in values):
+            return np.array(["" if v is None else str(v) for v in values], dtype=object)
+    raise UserError("the task-label baseline needs a `task` or `category` column in the data")
 
 
 def run_evaluation(
@@ -56,7 +50,7 @@ def run_evaluation(
     semantic_features: str | None = None,
     policy_kind: str = "tolerance",
     use_ray: bool = True,
-) -> dict:
+) -> EvaluationResults:
     """Evaluate BUNDLE on DATA's test split; write metrics.json, report.md and plots into OUT."""
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
@@ -66,61 +60,55 @@ def run_evaluation(
     if dataset.target_names != router.targets:
         raise UserError(f"{data} has targets {dataset.target_names[:3]}..., the router {router.targets[:3]}...")
     store = FeatureStore.open(features)
-    if store.schema.schema_id != router.feature_schema.schema_id:
+    trained = [schema.schema_id for schema in router.feature_schemas]
+    if store.schema.schema_id not in trained:
         raise UserError(f"{features} holds features of schema {store.schema.schema_id}, "
-                        f"the router needs {router.feature_schema.schema_id}")
-    holdout_fraction = router.manifest.validation.get("holdout_fraction", 0.15)
-    fit_rows, val_rows = (_Rows(d) for d in split_for_training(dataset, holdout_fraction))
-    test_rows = _Rows(dataset.select(split="test"))
-    if not len(test_rows.ids) or not len(val_rows.ids):
+                        f"the router needs {', '.join(trained)}")
+    fit_rows, val_rows = split_for_training(dataset, router.manifest.validation.holdout_fraction)
+    test_rows = dataset.select(split="test")
+    if not len(test_rows) or not len(val_rows):
         raise UserError(f"{data}: evaluation needs test rows and holdout rows of the training split")
 
-    def prefill(rows: _Rows) -> np.ndarray:
-        return router.predict_proba(store.load(rows.ids, router.required_columns))
+    def prefill(rows: RoutingDataset):
+        return store.load(rows.query_ids, router.required_columns)
 
-    scores = [RouterScores("prefill router", proba_test=prefill(test_rows), proba_val=prefill(val_rows))]
+    routers = [RouterInput("prefill router", router, prefill(test_rows), prefill(val_rows))]
     if {"knn", "semantic-trunk"} & set(baselines):
         semantic_dir = semantic_features or str(Path(out) / "semantic_features")
-        extract_features(data, SEMANTIC_ENCODER, [SEMANTIC_LAYER], ["mean"], semantic_dir,
-                         max_tokens=SEMANTIC_MAX_TOKENS, chat_template=False)
-        scores += _semantic_scores(router, data, semantic_dir, out, baselines, fit_rows, val_rows, test_rows, use_ray)
+        extract_features(data, SEMANTIC_ENCODER, semantic_dir)
+        routers += _semantic_routers(router, FeatureStore.open(semantic_dir), baselines, fit_rows, val_rows,
+                                     test_rows, use_ray)
     if "task-label" in baselines:
-        task = TaskLabelRouter().fit(fit_rows.task_labels(), fit_rows.dataset.labels())
-        scores.append(RouterScores("task-label (reference)", proba_test=task.predict_proba(test_rows.task_labels()),
-                                   proba_val=task.predict_proba(val_rows.task_labels())))
+        task = TaskLabelRouter().fit(task_labels(fit_rows), fit_rows.labels())
+        routers.append(RouterInput("task-label (reference)", task, task_labels(test_rows), task_labels(val_rows)))
 
-    def split(rows: _Rows) -> SplitData:
-        return SplitData(rows.dataset.labels(), router.expected_cost(rows.dataset.prompts), rows.dataset.costs())
+    def split(rows: RoutingDataset) -> SplitData:
+        return SplitData(rows.labels(), router.expected_cost(rows.prompts), rows.costs())
 
-    results = evaluate(scores, router.targets, split(test_rows), split(val_rows),
-                       labels_train=fit_rows.dataset.labels(), policy_kind=policy_kind)
-    results["bundle"] = {"path": str(bundle), "feature_schema": router.feature_schema.schema_id,
-                         "encoder": router.feature_schema.encoder,
-                         "selection": router.manifest.validation.get("selection")}
+    results = evaluate(routers, router.targets, split(test_rows), split(val_rows),
+                       labels_train=fit_rows.labels(), policy_kind=policy_kind)
+    results.bundle = BundleInfo(path=str(bundle), feature_schema=router.schema_id,
+                                encoder=", ".join(schema.encoder for schema in router.feature_schemas),
+                                selection=router.manifest.validation.selection)
     write_report(results, out)
     return results
 
 
-def _semantic_scores(router, data, semantic_dir, out, baselines, fit_rows, val_rows, test_rows, use_ray):
-    store = FeatureStore.open(semantic_dir)
-    column = store.schema.column_name(SEMANTIC_LAYER, "mean")
+def _semantic_routers(router: Router, store: FeatureStore, baselines, fit_rows: RoutingDataset,
+                      val_rows: RoutingDataset, test_rows: RoutingDataset, use_ray: bool) -> list[RouterInput]:
+    """kNN and the router's own SharedTrunkNet recipe on MiniLM embeddings, fitted on the router's fit rows."""
 
-    def embed(rows: _Rows) -> np.ndarray:
-        return store.load(rows.ids, [column])[column]
+    def embed(rows: RoutingDataset):
+        return store.load(rows.query_ids, [SEMANTIC_COLUMN])
 
-    scores = []
+    routers = []
     if "knn" in baselines:
-        knn = KnnRouter().fit(embed(fit_rows), fit_rows.dataset.labels(), embed(val_rows), val_rows.dataset.labels())
-        scores.append(RouterScores(f"semantic kNN (k={knn.k_})", proba_test=knn.predict_proba(embed(test_rows)),
-                                   proba_val=knn.predict_proba(embed(val_rows))))
+        knn = KnnRouter().fit(embed(fit_rows)[SEMANTIC_COLUMN], fit_rows.labels(),
+                              embed(val_rows)[SEMANTIC_COLUMN], val_rows.labels())
+        routers.append(RouterInput(f"semantic kNN (k={knn.k_})", knn, embed(test_rows)[SEMANTIC_COLUMN],
+                                   embed(val_rows)[SEMANTIC_COLUMN]))
     if "semantic-trunk" in baselines:
-        config = RouterTrainConfig(pca_k=router.manifest.blocks[0].k,
-                                   holdout_fraction=router.manifest.validation.get("holdout_fraction", 0.15),
-                                   trainer=router.manifest.train_config)
-        semantic = train_router(data, semantic_dir, str(Path(out) / "semantic_router"),
-                                selection={t: (SEMANTIC_LAYER, "mean") for t in router.targets},
-                                config=config, use_ray=use_ray)
-        scores.append(RouterScores("semantic SharedTrunkNet",
-                                   proba_test=semantic.predict_proba(store.load(test_rows.ids, [column])),
-                                   proba_val=semantic.predict_proba(store.load(val_rows.ids, [column]))))
-    return scores
+        semantic = SharedTrunkRouter(SEMANTIC_COLUMN, pca_k=router.manifest.blocks[0].k, config=router.manifest.trunk,
+                                     use_ray=use_ray).fit(embed(fit_rows), fit_rows.labels())
+        routers.append(RouterInput("semantic SharedTrunkNet", semantic, embed(test_rows), embed(val_rows)))
+    return routers

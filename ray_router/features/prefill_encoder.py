@@ -7,9 +7,7 @@ transformers, is the output after the final norm). Used unchanged by extraction,
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,104 +19,13 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
-from ray_router.features.sources import EncoderSource, resolve_encoder
 from ray_router.errors import UserError
-from ray_router.features.schema import POOLINGS, FeatureSchema
+from ray_router.features.prompt_tokenizer import PromptTokenizer
+from ray_router.features.schema import EncoderConfig, FeatureSchema, column_name
+from ray_router.features.sources import EncoderSource, resolve_encoder
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SIDES = ("left", "right")
-# A long prompt is cut to this many characters per token of budget before tokenizing (keeping the side
-# that survives truncation); a cut leaving fewer than max_tokens + margin prompt tokens is redone uncut, so
-# the kept tokens, far from the cut, are exactly those of the whole prompt.
-_CHARS_PER_TOKEN_BOUND = 16
-_CUT_MARGIN_TOKENS = 64
-_SENTINEL = "\u2063RAY_ROUTER_PROMPT\u2063"
-
-
-class PromptTokenizer:
-    """Chat-template wrapping, tokenization and truncation of prompts to at most `max_tokens` token ids.
-
-    Truncation drops prompt tokens only: the template's tokens before the prompt (system prompt, BOS) and
-    after it (end of turn, generation prompt), or the tokenizer's own special tokens, always survive.
-    """
-
-    def __init__(self, tokenizer, chat_template: bool, max_tokens: int, truncation_side: str) -> None:
-        self.tokenizer = tokenizer
-        self.template = tokenizer.chat_template if chat_template and tokenizer.chat_template else None
-        self.max_tokens = max_tokens
-        self.truncation_side = truncation_side
-        sample = self._apply_template(_SENTINEL) if self.template else _SENTINEL
-        self._prefix, _, self._suffix = sample.partition(_SENTINEL)
-        tokenizer.model_max_length = 2**62  # lengths are ours to enforce: silences "sequence too long"
-        self._tokenize(["x"])  # a UserError now if max_tokens leaves no room for a prompt
-
-    @property
-    def template_hash(self) -> str | None:
-        """sha256 of the chat template applied, None when prompts are plain text."""
-        return None if self.template is None else hashlib.sha256(json.dumps(self.template).encode()).hexdigest()
-
-    def __call__(self, prompts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each prompt: templated, special tokens added once, truncated to max_tokens."""
-        cut = [self._cut(p) for p in prompts]
-        result = self._tokenize(cut)
-        for i, (prompt, short) in enumerate(zip(prompts, cut)):
-            if short is not prompt and result[i][1] < self.max_tokens + _CUT_MARGIN_TOKENS:
-                result[i] = self._tokenize([prompt])[0]  # the cut was too tight (very long tokens): redo uncut
-        return [ids for ids, _ in result]
-
-    def _cut(self, prompt: str) -> str:
-        """The end (or start) of a very long prompt that can survive truncation; else the prompt itself."""
-        bound = self.max_tokens * _CHARS_PER_TOKEN_BOUND
-        if len(prompt) <= bound:
-            return prompt
-        return prompt[-bound:] if self.truncation_side == "left" else prompt[:bound]
-
-    def _render(self, prompt: str) -> tuple[str, int, int]:
-        """The text to tokenize and the character span of the prompt inside it."""
-        if self.template is None:
-            return prompt, 0, len(prompt)
-        text = self._apply_template(prompt)
-        # A template that changes around the content (rare) gets no protected head or tail.
-        start = len(self._prefix) if text.startswith(self._prefix) else 0
-        end = len(text) - len(self._suffix) if text.endswith(self._suffix) else len(text)
-        return text, start, max(start, end)
-
-    def _apply_template(self, prompt: str) -> str:
-        """The prompt as one user message followed by the generation prompt."""
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-
-    def _tokenize(self, prompts: Sequence[str]) -> list[tuple[list[int], int]]:
-        """(truncated token ids, prompt tokens before truncation) per prompt."""
-        rendered = [self._render(p) for p in prompts]
-        encoded = self.tokenizer(
-            [text for text, _, _ in rendered],
-            add_special_tokens=self.template is None,  # a template writes its own BOS etc.: never twice
-            return_offsets_mapping=True,
-            return_special_tokens_mask=True,
-            return_attention_mask=False,
-        )
-        return [
-            self._truncate(ids, offsets, special, start, end)
-            for ids, offsets, special, (_, start, end) in zip(
-                encoded["input_ids"], encoded["offset_mapping"], encoded["special_tokens_mask"], rendered
-            )
-        ]
-
-    def _truncate(self, ids, offsets, special, start: int, end: int) -> tuple[list[int], int]:
-        """Keep the template/special tokens around the prompt and as many prompt tokens as fit."""
-        inside = [not s and start <= a < end for (a, _), s in zip(offsets, special)]
-        first = inside.index(True) if any(inside) else len(ids)
-        last = len(inside) - inside[::-1].index(True) if any(inside) else len(ids)
-        prompt_tokens = last - first
-        if len(ids) <= self.max_tokens:
-            return list(ids), prompt_tokens
-        room = self.max_tokens - (len(ids) - prompt_tokens)
-        if room < 1:
-            raise UserError(f"max_tokens={self.max_tokens} is too small for this encoder's template and special tokens")
-        kept = ids[last - room : last] if self.truncation_side == "left" else ids[first : first + room]
-        return list(ids[:first]) + list(kept) + list(ids[last:]), prompt_tokens
 
 
 class PrefillEncoder:
@@ -126,29 +33,20 @@ class PrefillEncoder:
 
     encode(prompts) -> {"L{layer}_{pooling}": (n, hidden) float32 array}, rows in the input order.
 
-    spec: alias, .gguf file, transformers folder or hub id (see encoder_source.resolve_encoder).
-    layers: hidden-state indices, 0 = embedding output. poolings: "last" and/or "mean".
-    max_tokens / truncation_side: token budget per prompt, template included; "left" keeps the end.
-    chat_template: wrap prompts as one user message + generation prompt when the tokenizer has a template.
-    dtype / device: default float32 on CPU, bfloat16 on CUDA. cache_dir: encoder cache (GGUF conversions).
-    padding_side: how batches are padded; features do not depend on it (beyond float rounding).
+    config: what to compute (see EncoderConfig). device: default CUDA when torch sees a GPU, else CPU.
+    cache_dir: encoder cache (GGUF conversions). padding_side: how batches are padded; features do not
+    depend on it (beyond float rounding).
     """
 
     def __init__(
         self,
-        spec: str,
-        layers: Sequence[int],
-        poolings: Sequence[str] = ("last",),
-        max_tokens: int = 2048,
-        truncation_side: str = "left",
-        chat_template: bool = True,
-        dtype: str | torch.dtype | None = None,
+        config: EncoderConfig,
         device: str | torch.device | None = None,
         cache_dir: str | Path | None = None,
         padding_side: str = "right",
     ) -> None:
         _check_choice("padding_side", padding_side, _SIDES)
-        plan = _plan(spec, layers, poolings, max_tokens, truncation_side, chat_template, dtype, device, cache_dir)
+        plan = _plan(config, device, cache_dir)
         self.schema: FeatureSchema = plan.schema
         self.source = plan.source
         self.prompt_tokenizer = plan.prompt_tokenizer
@@ -250,19 +148,17 @@ class PrefillEncoder:
                 pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
             else:  # where(), not a product: padding positions may hold non-finite values
                 pooled = torch.where(real[..., None], hidden, 0).sum(1, dtype=torch.float32) / count
-            self._pooled[FeatureSchema.column_name(layer, pooling)] = pooled
+            self._pooled[column_name(layer, pooling)] = pooled
 
 
-def resolve_schema(*args, **kwargs) -> FeatureSchema:
-    """The schema of PrefillEncoder(*args, **kwargs), without loading the weights (e.g. on a Ray driver).
+def resolve_schema(
+    config: EncoderConfig, device: str | None = None, cache_dir: str | Path | None = None
+) -> FeatureSchema:
+    """The schema a PrefillEncoder(config, device) computes, without loading the weights (e.g. on a Ray driver).
 
     The device is only used for the default dtype: it need not exist on this machine.
     """
-    bound = inspect.signature(PrefillEncoder).bind(*args, **kwargs)
-    bound.apply_defaults()
-    options = dict(bound.arguments)
-    _check_choice("padding_side", options.pop("padding_side"), _SIDES)
-    return _plan(**options).schema
+    return _plan(config, device, cache_dir).schema
 
 
 class _Plan(NamedTuple):
@@ -275,40 +171,34 @@ class _Plan(NamedTuple):
     schema: FeatureSchema
 
 
-def _plan(spec, layers, poolings, max_tokens, truncation_side, chat_template, dtype, device, cache_dir) -> _Plan:
-    """Check the arguments, resolve the spec, load config and tokenizer, and build the schema."""
-    _check_choice("truncation_side", truncation_side, _SIDES)
-    if not isinstance(max_tokens, int) or max_tokens < 1:
-        raise UserError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+def _plan(config: EncoderConfig, device, cache_dir) -> _Plan:
+    """Resolve the spec, load config and tokenizer, check the layers and build the schema."""
     try:
         device_type = torch.device(device).type if device is not None else None
     except RuntimeError as error:
         raise UserError(f"unknown device {device!r}") from error
     device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype_name = _dtype(dtype, device_type)
-    poolings = _checked_poolings(poolings)
-    source = resolve_encoder(spec, cache_dir)
-    config = AutoConfig.from_pretrained(source.folder)
-    layers = _checked_layers(layers, config.num_hidden_layers, spec)
+    source = resolve_encoder(config.encoder, cache_dir)
+    model_config = AutoConfig.from_pretrained(source.folder)
+    _check_layers(config, model_config.num_hidden_layers)
     # Absolute position embeddings (BERT: 512) cap the token budget.
-    max_tokens = min(max_tokens, getattr(config, "max_position_embeddings", None) or max_tokens)
+    max_tokens = min(config.max_tokens, getattr(model_config, "max_position_embeddings", None) or config.max_tokens)
     prompt_tokenizer = PromptTokenizer(
-        AutoTokenizer.from_pretrained(source.folder), chat_template, max_tokens, truncation_side
+        AutoTokenizer.from_pretrained(source.folder), config.chat_template, max_tokens, config.truncation_side
     )
+    resolved = {
+        "dtype": config.dtype or ("bfloat16" if device_type == "cuda" else "float32"),
+        "chat_template": prompt_tokenizer.template is not None,
+        "max_tokens": max_tokens,
+    }
     schema = FeatureSchema(
-        encoder=spec,
+        **config.model_dump() | resolved,
         source=source.description,
         weight_hash=source.weight_hash,
-        hidden_size=config.hidden_size,
-        dtype=dtype_name,
-        chat_template=prompt_tokenizer.template is not None,
+        hidden_size=model_config.hidden_size,
         template_hash=prompt_tokenizer.template_hash,
-        max_tokens=max_tokens,
-        truncation_side=truncation_side,
-        layers=layers,
-        poolings=poolings,
     )
-    return _Plan(source, config.num_hidden_layers, device_type, prompt_tokenizer, schema)
+    return _Plan(source, model_config.num_hidden_layers, device_type, prompt_tokenizer, schema)
 
 
 def _load_truncated(folder: Path, depth: int, dtype: torch.dtype, device: torch.device):
@@ -326,39 +216,16 @@ def _load_truncated(folder: Path, depth: int, dtype: torch.dtype, device: torch.
     return model.to(device).eval(), kept
 
 
-def _checked_layers(layers: Sequence[int], total: int, spec: str) -> tuple[int, ...]:
-    try:
-        chosen = tuple(sorted({int(layer) for layer in layers}))
-    except (TypeError, ValueError):
-        raise UserError(f"layers must be integers, got {layers!r}") from None
-    if not chosen:
-        raise UserError("no layers requested")
-    for layer in chosen:
-        if not 0 <= layer <= total:
+def _check_layers(config: EncoderConfig, total: int) -> None:
+    """UserError for a layer the encoder does not have."""
+    for layer in config.layers:
+        if layer > total:
             raise UserError(
-                f"layer {layer} is out of range for encoder {spec!r}: "
+                f"layer {layer} is out of range for encoder {config.encoder!r}: "
                 f"valid layers are 0..{total} (0 = embedding output)"
             )
-    return chosen
-
-
-def _checked_poolings(poolings: Sequence[str]) -> tuple[str, ...]:
-    unknown = sorted(set(poolings) - set(POOLINGS))
-    if unknown or not poolings:
-        raise UserError(f"pooling must be one or more of {', '.join(POOLINGS)}, got {list(poolings)!r}")
-    return tuple(p for p in POOLINGS if p in poolings)
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UserError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-
-
-def _dtype(dtype: str | torch.dtype | None, device_type: str) -> str:
-    """The dtype's name; float32 on CPU and bfloat16 on CUDA by default."""
-    if dtype is None:
-        return "bfloat16" if device_type == "cuda" else "float32"
-    name = str(dtype).removeprefix("torch.")
-    if name not in _DTYPES:
-        raise UserError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
-    return name

@@ -64,8 +64,8 @@ class EncoderSource:
 
     @property
     def description(self) -> str:
-        """One line naming the resolved source, e.g. 'gguf:/path/model.gguf'."""
-        return f"{self.kind}:{self.location}"
+        """The kind and name of the resolved source, without a machine path, e.g. 'gguf:model.gguf'."""
+        return f"{self.kind}:{self.location if self.kind == 'hub' else Path(self.location).name}"
 
 
 def encoder_cache_dir(cache_dir: str | Path | None = None) -> Path:

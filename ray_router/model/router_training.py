@@ -1,6 +1,7 @@
-"""Training a router end to end: layer selection -> preprocessing -> SharedTrunkNet ensemble -> bundle.
+"""Training a router from files: layer selection -> SharedTrunkRouter.fit -> a router bundle.
 
-`train_router` is the one library function behind `jobs/train.py` and `ray-router train`.
+`train_router` is the one library function behind `jobs/train.py` and `ray-router train`: it reads the
+routing dataset and the feature folder, fits a `SharedTrunkRouter` on arrays, and writes the bundle.
 A share of the training split (by a salted hash of query_id) is held out as the router's own
 validation set: it is never trained on, so evaluation can choose policy parameters on it.
 """
@@ -9,17 +10,19 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ray_router.model.bundle import Router, RouterManifest, TargetBlock
-from ray_router.model.cost_model import CostModel
+from ray_router.data.routing_dataset import RoutingDataset, hash_fraction_mask
 from ray_router.errors import UserError, validation_message
+from ray_router.evaluation.metrics import roc_auc_per_target
+from ray_router.features.schema import column_name
 from ray_router.features.store import FeatureStore
+from ray_router.model.bundle import RouterManifest, TargetBlock, ValidationSummary
+from ray_router.model.cost_model import CostModel
 from ray_router.model.layer_scan import ScanConfig, ScanResult, scan_layers
 from ray_router.model.scan_files import read_scan
-from ray_router.evaluation.metrics import roc_auc_per_target
-from ray_router.policy.policies import PolicyConfig
-from ray_router.model.preprocessing import BlockPreprocessor
-from ray_router.data.routing_dataset import RoutingDataset, hash_fraction_mask
-from ray_router.model.training import TrainConfig, build_members, fit_ensemble
+from ray_router.model.training import TrainRunConfig, TrunkConfig
+from ray_router.model.trunk_router import SharedTrunkRouter
+from ray_router.policy.config import PolicyConfig
+from ray_router.router import Router
 
 HOLDOUT_SALT = "ray-router-holdout:"
 
@@ -34,7 +37,8 @@ class RouterTrainConfig(BaseModel):
         0.15, ge=0, lt=1, description="Share of the training split held out for choosing policy parameters."
     )
     scan: ScanConfig = Field(default_factory=ScanConfig)
-    trainer: TrainConfig = Field(default_factory=TrainConfig)
+    trainer: TrunkConfig = Field(default_factory=TrunkConfig, description="The ensemble recipe (saved in the bundle).")
+    run: TrainRunConfig = Field(default_factory=TrainRunConfig, description="Where training runs (not saved).")
     default_policy: PolicyConfig = Field(default_factory=PolicyConfig)
 
     @classmethod
@@ -71,7 +75,7 @@ def split_for_training(dataset: RoutingDataset, fraction: float) -> tuple[Routin
 def feature_keys(store: FeatureStore) -> dict[tuple[int, str], str]:
     """(layer, pooling) -> column name for every column of a feature folder."""
     schema = store.schema
-    return {(layer, pooling): schema.column_name(layer, pooling) for layer in schema.layers for pooling in schema.poolings}
+    return {(layer, pooling): column_name(layer, pooling) for layer in schema.layers for pooling in schema.poolings}
 
 
 def run_scan(dataset: RoutingDataset, store: FeatureStore, config: ScanConfig, use_ray: bool) -> ScanResult:
@@ -106,41 +110,45 @@ def train_router(
     _check_selection(selection, dataset.target_names, store, scan)
 
     fit_rows, holdout_rows = split_for_training(dataset, config.holdout_fraction)
-    k = min(config.pca_k, len(fit_rows) - 1, store.schema.hidden_size)
-    blocks = [(store.schema.column_name(*selection[t]), k) for t in dataset.target_names]
-    columns = list(dict.fromkeys(c for c, _ in blocks))
-    fit_features = store.load(fit_rows.query_ids, columns=columns)
-    preprocessor = BlockPreprocessor(blocks).fit(fit_features)
-    ensemble = fit_ensemble(preprocessor.transform(fit_features), fit_rows.labels(), config.trainer, use_ray=use_ray)
-
+    columns = [column_name(*selection[t]) for t in dataset.target_names]
+    model = SharedTrunkRouter(columns, config.pca_k, config.trainer, config.run, use_ray=use_ray)
+    model.fit(store.load(fit_rows.query_ids, columns=list(dict.fromkeys(columns))), fit_rows.labels())
+    holdout_auc, holdout_mean_auc = _holdout_auc(model, store, holdout_rows)
     manifest = RouterManifest(
         data_hash=dataset.content_hash(),
-        feature_schema=store.schema,
+        feature_schemas=[store.schema],
         targets=dataset.target_names,
-        blocks=[TargetBlock(target=t, column=c, k=k) for t, (c, k) in zip(dataset.target_names, blocks)],
-        d_in=preprocessor.output_dim,
-        n_members=len(ensemble.members),
+        blocks=[TargetBlock(target=t, column=c, k=k) for t, (c, k) in zip(dataset.target_names, model.blocks_)],
+        d_in=model.preprocessor_.output_dim,
+        n_members=len(model.members_),
         cost_model=CostModel.fit(fit_rows),
-        default_policy=config.default_policy.model_dump(),
-        train_config=config.trainer,
-        validation={
-            "member_val_losses": ensemble.val_losses,
-            "kept_members": ensemble.kept,
-            "holdout_fraction": config.holdout_fraction,
-            "fit_rows": len(fit_rows),
-            "holdout_rows": len(holdout_rows),
-            "selection": {t: list(v) for t, v in selection.items()},
-        },
+        default_policy=config.default_policy,
+        trunk=config.trainer,
+        validation=ValidationSummary(
+            member_val_losses=model.ensemble_.val_losses,
+            kept_members=model.ensemble_.kept,
+            holdout_fraction=config.holdout_fraction,
+            fit_rows=len(fit_rows),
+            holdout_rows=len(holdout_rows),
+            selection=selection,
+            holdout_auc=holdout_auc,
+            holdout_mean_auc=holdout_mean_auc,
+        ),
     )
-    members = build_members(ensemble.members, ensemble.d_in, ensemble.n_targets, config.trainer)
-    router = Router(manifest, preprocessor, members)
-    if len(holdout_rows):
-        proba = router.predict_proba(store.load(holdout_rows.query_ids, columns=columns))
-        auc = roc_auc_per_target(proba, holdout_rows.labels())
-        manifest.validation["holdout_auc"] = [None if np.isnan(a) else float(a) for a in auc]
-        manifest.validation["holdout_mean_auc"] = float(np.nanmean(auc)) if np.isfinite(auc).any() else None
+    router = Router(manifest, model)
     router.save(out)
     return router
+
+
+def _holdout_auc(model: SharedTrunkRouter, store: FeatureStore,
+                 holdout: RoutingDataset) -> tuple[list[float | None] | None, float | None]:
+    """Per-target ROC-AUC of the router on its holdout rows (None where undefined) and their mean."""
+    if not len(holdout):
+        return None, None
+    auc = roc_auc_per_target(model.predict_proba(store.load(holdout.query_ids, model.required_columns)),
+                             holdout.labels())
+    mean = float(np.nanmean(auc)) if np.isfinite(auc).any() else None
+    return [None if np.isnan(a) else float(a) for a in auc], mean
 
 
 def _check_selection(selection, targets, store: FeatureStore, scan: str | None) -> None:

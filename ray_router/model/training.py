@@ -1,7 +1,9 @@
 """Training the SharedTrunkNet ensemble: in-process, or spread over Ray Train workers with resume.
 
 Both paths train every ensemble member with the same `MemberTrainer`, so one seed gives the same
-member whichever path trained it (see `fit_ensemble`).
+member whichever path trained it (see `fit_ensemble`). `TrunkConfig` is the recipe (saved with a
+router); `TrainRunConfig` is where and how a run trains (never saved). Ray Train is imported only by
+the Ray path, so loading a router never loads the trainer.
 """
 
 import hashlib
@@ -17,23 +19,21 @@ from typing import Any, Iterator
 
 import numpy as np
 import ray
-import ray.train
 import torch
-import torch.distributed
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ray_router.errors import UserError
-from ray_router.resources import DEFAULT_ACTOR_CPUS, cluster_cpus, cluster_gpus, ensure_ray
 from ray_router.model.trunk_net import SharedTrunkNet, ensemble_proba, masked_bce_loss
+from ray_router.resources import WorkerResources, cluster_cpus, cluster_gpus, ensure_ray
 
 # Bump when a change to the training code changes the members it produces: it is part of the run
 # fingerprint, so checkpoints of older code are never resumed into a newer run.
 TRAINING_VERSION = 1
 # The config fields that determine a member's weights (the others only decide how many members are
-# trained, which are kept, and where they run).
+# trained and which are kept).
 MEMBER_FIELDS = (
     "hidden", "dropout", "lr", "weight_decay", "batch_size", "max_epochs", "patience", "min_delta",
     "val_fraction", "seed",
@@ -41,8 +41,9 @@ MEMBER_FIELDS = (
 MEMBER_FILE_GLOB = "member_*.safetensors"
 
 
-class TrainConfig(BaseModel):
-    """Every number of the SharedTrunkNet recipe (METHOD.md) and how the training is distributed."""
+class TrunkConfig(BaseModel):
+    """Every number of the SharedTrunkNet ensemble recipe (METHOD.md): the network, the optimiser, early
+    stopping and the ensemble. Saved with every router; where a run trains is `TrainRunConfig`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -58,27 +59,9 @@ class TrainConfig(BaseModel):
     keep_best: int = Field(5, ge=1, description="Members kept: those with the lowest validation loss.")
     val_fraction: float = Field(0.15, gt=0, lt=1, description="Validation share of each member's split.")
     seed: int = Field(0, ge=0, description="Base seed; member s uses (seed, s).")
-    num_workers: int | None = Field(
-        None, ge=1, description="Ray Train workers (default: one per cluster GPU, else per whole CPU)."
-    )
-    cpus_per_worker: float = Field(
-        DEFAULT_ACTOR_CPUS,
-        gt=0,
-        description="CPUs per Ray Train worker; its whole part (>= 1) is the torch threads per member.",
-    )
-    use_gpu: bool | None = Field(None, description="Train on GPUs (default: when there are any).")
-    storage_path: str | None = Field(
-        None, description="Local folder or cloud URI for Ray Train checkpoints (default: a temp folder)."
-    )
-    run_name: str | None = Field(None, description="Ray Train run name prefix (default: shared-trunk).")
-    report_interval_s: float = Field(
-        2.0,
-        ge=0,
-        description="Least seconds between two metric reports to Ray Train (0: every epoch).",
-    )
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TrainConfig":
+    def _consistent(self) -> "TrunkConfig":
         if len(self.hidden) != len(self.dropout):
             raise ValueError(f"hidden {self.hidden} and dropout {self.dropout} need the same length")
         if any(width < 1 for width in self.hidden):
@@ -88,6 +71,25 @@ class TrainConfig(BaseModel):
         if self.keep_best > self.n_seeds:
             raise ValueError(f"keep_best={self.keep_best} exceeds n_seeds={self.n_seeds}")
         return self
+
+
+class TrainRunConfig(WorkerResources):
+    """Where and how a training run trains (not saved with the router): the Ray Train workers
+    (`num_workers` default: one per cluster GPU, else one per whole CPU, at most one per seed), their
+    checkpoints and how often they report. A member trains with `torch_threads` threads, by default the
+    whole part of `num_cpus` (at least 1): the count changes float rounding, so both paths use it."""
+
+    storage_path: str | None = Field(
+        None, description="Local folder or cloud URI for Ray Train checkpoints (default: a temp folder)."
+    )
+    run_name: str | None = Field(None, description="Ray Train run name prefix (default: shared-trunk).")
+    report_interval_s: float = Field(
+        2.0, ge=0, description="Least seconds between two metric reports to Ray Train (0: every epoch)."
+    )
+
+    def member_threads(self) -> int:
+        """Torch threads that train one member."""
+        return self.torch_threads or max(1, int(self.num_cpus))
 
 
 @dataclass
@@ -127,12 +129,12 @@ class Member:
         )
 
 
-def build_model(d_in: int, n_targets: int, config: TrainConfig) -> SharedTrunkNet:
+def build_model(d_in: int, n_targets: int, config: TrunkConfig) -> SharedTrunkNet:
     """The SharedTrunkNet that `config` describes (fresh weights from the current torch RNG)."""
     return SharedTrunkNet(d_in, n_targets, hidden=config.hidden, dropout=config.dropout)
 
 
-def member_split(n_rows: int, seed_index: int, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+def member_split(n_rows: int, seed_index: int, config: TrunkConfig) -> tuple[np.ndarray, np.ndarray]:
     """Member `seed_index`'s own deterministic (train rows, validation rows)."""
     order = np.random.default_rng([config.seed, seed_index]).permutation(n_rows)
     n_val = max(1, round(config.val_fraction * n_rows))
@@ -141,7 +143,7 @@ def member_split(n_rows: int, seed_index: int, config: TrainConfig) -> tuple[np.
     return order[n_val:], order[:n_val]
 
 
-def member_torch_seed(config: TrainConfig, seed_index: int) -> int:
+def member_torch_seed(config: TrunkConfig, seed_index: int) -> int:
     """Torch seed of member `seed_index` (weight init, batch order, dropout)."""
     return int(np.random.SeedSequence([config.seed, seed_index]).generate_state(1)[0])
 
@@ -158,7 +160,7 @@ class MemberTrainer:
         x: np.ndarray,
         y: np.ndarray,
         seed_index: int,
-        config: TrainConfig,
+        config: TrunkConfig,
         device: torch.device | str = "cpu",
     ) -> None:
         self.seed_index = seed_index
@@ -213,15 +215,6 @@ class MemberTrainer:
         )
 
 
-def member_threads(config: TrainConfig) -> int:
-    """Torch threads that train one member: the whole part of cpus_per_worker, at least 1.
-
-    Both paths use it, because the thread count changes float rounding in the matrix products, and
-    over a training run that grows to ~1e-2 in the probabilities; with equal counts they agree bit for bit.
-    """
-    return max(1, int(config.cpus_per_worker))
-
-
 @contextmanager
 def _torch_threads(count: int) -> Iterator[None]:
     before = torch.get_num_threads()
@@ -233,11 +226,17 @@ def _torch_threads(count: int) -> Iterator[None]:
 
 
 def train_member(
-    x: np.ndarray, y: np.ndarray, seed_index: int, config: TrainConfig, device: torch.device | str = "cpu"
+    x: np.ndarray,
+    y: np.ndarray,
+    seed_index: int,
+    config: TrunkConfig,
+    threads: int = 1,
+    device: torch.device | str = "cpu",
 ) -> Member:
-    """Train member `seed_index` to early stopping with `member_threads(config)` torch threads
-    (what each Ray Train worker does per seed)."""
-    with _torch_threads(member_threads(config)):
+    """Train member `seed_index` to early stopping with `threads` torch threads (what each Ray Train
+    worker does per seed). The thread count changes float rounding in the matrix products (over a run it
+    grows to ~1e-2 in the probabilities): with equal counts both paths agree bit for bit."""
+    with _torch_threads(threads):
         trainer = MemberTrainer(x, y, seed_index, config, device)
         while not trainer.done:
             trainer.run_epoch()
@@ -245,7 +244,7 @@ def train_member(
 
 
 def build_members(
-    states: list[dict[str, torch.Tensor]], d_in: int, n_targets: int, config: TrainConfig
+    states: list[dict[str, torch.Tensor]], d_in: int, n_targets: int, config: TrunkConfig
 ) -> list[SharedTrunkNet]:
     """SharedTrunkNets in eval mode holding the given members' weights."""
     models = []
@@ -267,7 +266,7 @@ class EnsembleResult:
     best_epochs: list[int]  # per seed: the epoch whose weights were restored
     d_in: int
     n_targets: int
-    config: TrainConfig
+    config: TrunkConfig
     resumed: list[int] = field(default_factory=list)  # seeds loaded from an earlier run's checkpoint
     run_path: str | None = None  # Ray Train run folder (storage_path/name); None for the plain path
 
@@ -279,22 +278,26 @@ class EnsembleResult:
         return ensemble_proba(build_members(self.members, self.d_in, self.n_targets, self.config), x)
 
 
-def fit_ensemble(x: np.ndarray, y: np.ndarray, config: TrainConfig, use_ray: bool = True) -> EnsembleResult:
+def fit_ensemble(
+    x: np.ndarray, y: np.ndarray, config: TrunkConfig, run: TrainRunConfig | None = None, use_ray: bool = True
+) -> EnsembleResult:
     """Train `config.n_seeds` members and keep the `config.keep_best` with the lowest validation loss.
 
     x: (n, d) preprocessed features; y: (n, K) labels 0/1 with NaN where missing. With `use_ray`
     the members are trained by Ray Train workers (see `_train_worker`) and checkpointed under
-    `config.storage_path`, so an interrupted or extended run resumes; otherwise one after the other
-    in this process. Both call `MemberTrainer` with `member_threads(config)` torch threads, so a
+    `run.storage_path`, so an interrupted or extended run resumes; otherwise one after the other
+    in this process. Both call `MemberTrainer` with `run.member_threads()` torch threads, so a
     seed gives the same member either way (bit for bit on the same kind of device).
     """
     x, y = _checked_data(x, y)
+    run = run or TrainRunConfig()
     if use_ray:
-        members, run_path, attempt = _fit_members_on_ray(x, y, config)
+        members, run_path, attempt = _fit_members_on_ray(x, y, config, run)
     else:
-        device = "cuda" if _wants_gpu(config, torch.cuda.is_available()) else "cpu"
+        wants_gpu = torch.cuda.is_available() if run.num_gpus is None else run.num_gpus > 0
         seeds = tqdm(range(config.n_seeds), desc="ensemble members", disable=None)
-        members = {s: train_member(x, y, s, config, device) for s in seeds}
+        members = {s: train_member(x, y, s, config, run.member_threads(), "cuda" if wants_gpu else "cpu")
+                   for s in seeds}
         run_path, attempt = None, ""
     ordered = [members[s] for s in range(config.n_seeds)]
     val_losses = [m.val_loss for m in ordered]
@@ -325,11 +328,7 @@ def _checked_data(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return x, y
 
 
-def _wants_gpu(config: TrainConfig, gpu_present: bool) -> bool:
-    return gpu_present if config.use_gpu is None else config.use_gpu
-
-
-def run_fingerprint(x: np.ndarray, y: np.ndarray, config: TrainConfig) -> str:
+def run_fingerprint(x: np.ndarray, y: np.ndarray, config: TrunkConfig) -> str:
     """Hash of the data, the member-determining config fields and TRAINING_VERSION.
 
     It names the Ray Train run folder, so a rerun resumes only checkpoints whose members it would
@@ -344,28 +343,30 @@ def run_fingerprint(x: np.ndarray, y: np.ndarray, config: TrainConfig) -> str:
 
 
 def _fit_members_on_ray(
-    x: np.ndarray, y: np.ndarray, config: TrainConfig
+    x: np.ndarray, y: np.ndarray, config: TrunkConfig, run: TrainRunConfig
 ) -> tuple[dict[int, Member], str, str]:
     """Run the Ray Train job; returns the members by seed, the run folder and this attempt's id."""
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     ensure_ray()
-    use_gpu = _wants_gpu(config, cluster_gpus() > 0)
-    default_workers = max(1, int(cluster_gpus() if use_gpu else cluster_cpus()))
-    num_workers = min(config.num_workers or default_workers, config.n_seeds)
-    storage_path = config.storage_path or str(Path(tempfile.gettempdir()) / "ray_router_train")
+    gpus = run.gpus_per_worker()
+    default_workers = max(1, int(cluster_gpus() / gpus if gpus else cluster_cpus()))
+    num_workers = min(run.num_workers or default_workers, config.n_seeds)
+    storage_path = run.storage_path or str(Path(tempfile.gettempdir()) / "ray_router_train")
     if "://" not in storage_path:
         storage_path = str(Path(storage_path).expanduser().resolve())
-    name = f"{config.run_name or 'shared-trunk'}-{run_fingerprint(x, y, config)[:16]}"
+    name = f"{run.run_name or 'shared-trunk'}-{run_fingerprint(x, y, config)[:16]}"
     attempt = uuid.uuid4().hex
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={
-            "x": ray.put(x), "y": ray.put(y), "config": config.model_dump(), "attempt": attempt
+            "x": ray.put(x), "y": ray.put(y), "config": config.model_dump(), "attempt": attempt,
+            "threads": run.member_threads(), "report_interval_s": run.report_interval_s,
         },
         scaling_config=ScalingConfig(
-            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": config.cpus_per_worker}
+            num_workers=num_workers, use_gpu=gpus > 0,
+            resources_per_worker={"CPU": run.num_cpus, **({"GPU": gpus} if gpus else {})},
         ),
         run_config=RunConfig(
             name=name, storage_path=storage_path, checkpoint_config=CheckpointConfig(num_to_keep=2)
@@ -408,12 +409,13 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     `ray.train.get_checkpoint()` and skips those seeds.
     """
     import ray.train.torch
+    import torch.distributed
 
-    config = TrainConfig.model_validate(loop_config["config"])
+    config = TrunkConfig.model_validate(loop_config["config"])
     x, y = ray.get(loop_config["x"]), ray.get(loop_config["y"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(member_threads(config))
+    torch.set_num_threads(loop_config["threads"])
     device = ray.train.torch.get_device()
     restored = _members_in(ray.train.get_checkpoint())
     finished = dict(restored) if rank == 0 else {}
@@ -431,7 +433,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
                 finished[current.seed_index] = current.result(loop_config["attempt"])
                 current, just_finished = None, True
         busy = current is not None or bool(todo)
-        due = rank == 0 and time.monotonic() - last_report >= config.report_interval_s
+        due = rank == 0 and time.monotonic() - last_report >= loop_config["report_interval_s"]
         flags = torch.tensor([int(busy), int(just_finished), int(due)], device=device)
         torch.distributed.all_reduce(flags)
         anyone_busy, anyone_finished, report_due = flags.tolist()
@@ -446,6 +448,8 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
 
 def _report(metrics: dict[str, float], members: dict[int, Member] | None) -> None:
     """ray.train.report, with a checkpoint folder of `members` when given."""
+    import ray.train
+
     if members is None:
         ray.train.report(metrics)
         return

@@ -19,75 +19,20 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
-import pydantic
 
-from ray_router.errors import UserError, validation_message
+from ray_router.errors import UserError
+from ray_router.policy.config import SWEEPABLE, PolicyConfig
 
-PolicyKind = Literal["argmax", "tolerance", "utility", "budget"]
-SWEEPABLE = {"tolerance": "tau", "utility": "lam"}
 # Absolute slack on "p >= max p - tau": 0.9 - 0.2 is 0.7000000000000001 in floating point, and a
 # target at exactly p = 0.7 must count as within tau.
 TOLERANCE_SLACK = 1e-12
 
 
-class PolicyConfig(pydantic.BaseModel):
-    """Which policy to apply and its parameter.
-
-    - ``argmax``: the target with the highest p.
-    - ``tolerance``: the cheapest target with p >= (max p over allowed targets) - ``tau``.
-    - ``utility``: the target maximising p - ``lam`` * c_norm, with c_norm the expected cost scaled
-      to [0, 1] per query over the allowed targets (cheapest 0, most expensive 1).
-    - ``budget``: ``utility`` with the ``lam`` fitted on validation data by ``fit_budget_lambda`` so that
-      the mean cost per query stays <= ``budget``; ``lam`` must be given explicitly for this kind.
-    ``allowed`` restricts every policy to a subset of target names (None: all targets).
-    """
-
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-    kind: PolicyKind = "tolerance"
-    tau: float = pydantic.Field(0.20, ge=0, description="tolerance: max probability given up for cost")
-    lam: float = pydantic.Field(0.20, ge=0, description="utility/budget: weight of normalised cost")
-    budget: float | None = pydantic.Field(None, gt=0, description="budget: mean cost per query")
-    allowed: list[str] | None = None
-
-    @pydantic.field_validator("allowed")
-    @classmethod
-    def _allowed_is_a_nonempty_set(cls, allowed: list[str] | None) -> list[str] | None:
-        if allowed is None:
-            return None
-        if not allowed:
-            raise ValueError("allowed must name at least one target (or be omitted for all targets)")
-        duplicates = sorted({name for name in allowed if allowed.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"allowed names a target twice: {', '.join(duplicates)}")
-        return allowed
-
-    @pydantic.model_validator(mode="after")
-    def _budget_is_complete(self) -> PolicyConfig:
-        if self.kind == "budget":
-            if self.budget is None:
-                raise ValueError("kind 'budget' needs budget (mean cost per query, > 0)")
-            if "lam" not in self.model_fields_set:
-                raise ValueError(
-                    "kind 'budget' needs lam fitted on validation data (fit_budget_lambda(...).lam)"
-                )
-        return self
-
-    @classmethod
-    def from_user(cls, **values: object) -> PolicyConfig:
-        """Build a config from user input; invalid values raise UserError naming the field."""
-        try:
-            return cls(**values)
-        except pydantic.ValidationError as exc:
-            raise UserError(f"invalid routing policy: {validation_message(exc)}") from None
-
-
 @dataclass(frozen=True)
-class Decision:
-    """A routing decision for n queries over K targets.
+class Ranking:
+    """A policy's ranking of the targets for n queries over K targets (the router turns it into Decisions).
 
     ``choice``: (n,) chosen target index. ``fallbacks``: (n, K) every allowed target in order of
     preference (column 0 is ``choice``), then -1 for each disallowed target.
@@ -125,7 +70,7 @@ def allowed_mask(target_names: list[str], allowed: list[str] | None) -> np.ndarr
 
 def route(
     proba: np.ndarray, expected_cost: np.ndarray, config: PolicyConfig, target_names: list[str]
-) -> Decision:
+) -> Ranking:
     """Apply the policy in ``config`` to every query; see the module and PolicyConfig docstrings."""
     p, cost = _checked_inputs(proba, expected_cost, target_names)
     allowed = allowed_mask(target_names, config.allowed)
@@ -145,7 +90,7 @@ def sweep(
     values: np.ndarray,
     target_names: list[str],
     allowed: list[str] | None = None,
-) -> list[Decision]:
+) -> list[Ranking]:
     """One decision per parameter value, for cost-accuracy curves: tau for ``tolerance``, lambda for
     ``utility``. (``budget`` is ``utility`` with a fitted lambda, so its curve is the utility curve.)"""
     if kind not in SWEEPABLE:
@@ -264,9 +209,9 @@ def _utility_keys(
     return -(p - lam * c_norm), cost
 
 
-def _rank(keys: tuple[np.ndarray, ...], allowed: np.ndarray) -> Decision:
+def _rank(keys: tuple[np.ndarray, ...], allowed: np.ndarray) -> Ranking:
     """Sort each row by (disallowed, *keys), most significant first; stable, so column order breaks ties."""
     disallowed = np.broadcast_to(~allowed, keys[0].shape)
     order = np.lexsort(tuple(reversed((disallowed, *keys))), axis=-1)
     order[:, int(allowed.sum()) :] = -1
-    return Decision(choice=order[:, 0].copy(), fallbacks=order)
+    return Ranking(choice=order[:, 0].copy(), fallbacks=order)

@@ -10,7 +10,8 @@ ROUTER_MODEL = "router"  # `model` value that asks for routing; a target name pa
 
 
 class ApiError(Exception):
-    """A request the API refuses: HTTP status and an OpenAI-style error body."""
+    """An HTTP error answer: its status and an OpenAI-style error body (a 4xx for the request's mistakes,
+    502 when every target failed, 504 when a decision timed out)."""
 
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error", **extra: object):
         super().__init__(message)

@@ -21,9 +21,10 @@ from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve import Application
 
-from ray_router.model.bundle import Router
 from ray_router.errors import UserError, validation_message
-from ray_router.policy.policies import PolicyConfig, allowed_mask
+from ray_router.policy.config import PolicyConfig, merge_policy
+from ray_router.policy.policies import allowed_mask
+from ray_router.router import Router
 from ray_router.serving.api import ROUTER_MODEL, ApiError, ChatRequest, RouteRequest, RoutingOptions
 from ray_router.serving.backends import Completion, GenerationParams, LocalBackend, OpenAIBackend, TargetError
 from ray_router.serving.config import ServeArgs
@@ -61,21 +62,22 @@ class Ingress:
         }
         info = await head.describe.remote()
         self.targets: list[str] = info["targets"]
-        self.default_policy: dict = info["default_policy"]
+        self.default_policy = PolicyConfig.model_validate(info["default_policy"])
         self.schema_id: str = info["feature_schema"]
         self.metrics = RouterMetrics()
 
     # -- the door ---------------------------------------------------------------------------------
     async def _respond(self, endpoint: str, request: Request, work: Callable[[], Awaitable]) -> object:
-        """Authorize, run `work`, and turn ApiErrors into JSON error responses."""
+        """Authorize, run `work`, and turn ApiErrors and UserErrors (a 4xx) into JSON error responses."""
         try:
             if self.token is not None and request.headers.get("authorization") != f"Bearer {self.token}":
                 raise ApiError(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
                                kind="authentication_error")
             return await work()
-        except ApiError as err:
-            self.metrics.error(endpoint, err.status)
-            return JSONResponse(err.body(), status_code=err.status)
+        except (ApiError, UserError) as err:
+            error = err if isinstance(err, ApiError) else ApiError(err.status, str(err))
+            self.metrics.error(endpoint, error.status)
+            return JSONResponse(error.body(), status_code=error.status)
 
     async def _read(self, request: Request, model: type[BaseModel]) -> BaseModel:
         limit = self.args.max_body_bytes
@@ -97,13 +99,10 @@ class Ingress:
             raise ApiError(400, f"invalid request: {validation_message(err)}") from None
 
     def _policy(self, options: RoutingOptions, chat: bool) -> PolicyConfig:
-        """The request's policy: the app's default with the request's fields, or, when the request names a
-        policy, that policy with the request's parameters only. For chat, `allowed` defaults to the targets
-        with a backend."""
-        overrides = options.overrides()
-        base = {} if "kind" in overrides else self.default_policy
+        """The request's fields over the app's default policy (see merge_policy). For chat, `allowed`
+        defaults to the targets with a backend."""
         try:
-            policy = PolicyConfig.from_user(**{**base, **overrides})
+            policy = merge_policy(self.default_policy, options.overrides())
             allowed_mask(self.targets, policy.allowed)
         except UserError as err:
             raise ApiError(400, str(err), param="router") from None
@@ -282,23 +281,24 @@ def build_app(args: dict) -> Application:
     """The Serve application for `args` (see ServeArgs); checks the bundle and the backends first."""
     config = ServeArgs.from_user(args)
     config.bundle = str(Path(config.bundle).expanduser().resolve())  # replicas may run in another directory
-    unbound = config.check_targets(Router.load(config.bundle).targets)
+    router = Router.load(config.bundle)
+    merge_policy(router.default_policy, config.policy)  # a bad policy is a UserError now, not a replica failure
+    unbound = config.check_targets(router.targets)
     if unbound:
         logger.warning("targets without a backend (routable by /v1/route only, not for chat): %s", ", ".join(unbound))
     options = config.encoder
-    encoder = Encoder.options(
-        ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
-        autoscaling_config=options.autoscaling.model_dump(),
-    ).bind(config.bundle, options.max_batch_size, options.batch_wait_timeout_s, options.cache_dir,
-           options.torch_threads)
-    head = RouterHead.options(ray_actor_options={"num_cpus": config.head_num_cpus}).bind(
-        config.bundle, encoder, config.policy)
+    encoder = Encoder.options(**options.replica_options()).bind(
+        config.bundle, options.max_batch_size, options.batch_wait_timeout_s, options.cache_dir, options.torch_threads)
+    head = RouterHead.options(ray_actor_options=config.head.actor_options(),
+                              num_replicas=config.head.num_workers or 1).bind(
+        config.bundle, encoder, config.policy, config.head.torch_threads)
     local = {}
     for cfg in config.backends.values():
         if cfg.kind == "local" and cfg.model not in local:
             name = "LocalGenerator" if not local else f"LocalGenerator{len(local)}"
             local[cfg.model] = LocalGenerator.options(
-                name=name, ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
-            ).bind(cfg.model, options.cache_dir)
-    return Ingress.options(ray_actor_options={"num_cpus": config.ingress_num_cpus}).bind(
+                name=name, ray_actor_options=cfg.actor_options(), num_replicas=cfg.num_workers or 1,
+            ).bind(cfg.model, options.cache_dir, cfg.torch_threads)
+    return Ingress.options(ray_actor_options=config.ingress.actor_options(),
+                           num_replicas=config.ingress.num_workers or 1).bind(
         encoder, head, local, config.model_dump())

@@ -6,29 +6,28 @@ import asyncio
 import os
 
 import numpy as np
-import torch
 from ray import serve
 
-from ray_router.model.bundle import Router
 from ray_router.features.schema import FeatureSchema
-from ray_router.router import check_schema, decide, encoder_for
-from ray_router.policy.policies import PolicyConfig
+from ray_router.policy.config import PolicyConfig, merge_policy
+from ray_router.resources import set_torch_threads
+from ray_router.router import Router
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
 class Encoder:
-    """The bundle's PrefillEncoder (truncated to the layers it reads); concurrent prompts are batched."""
+    """The bundle's encoders (truncated to the layers it reads); concurrent prompts are batched."""
 
     def __init__(self, bundle: str, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.005,
                  cache_dir: str | None = None, torch_threads: int | None = None):
-        torch.set_num_threads(torch_threads or os.cpu_count() or 1)
-        self.encoder = encoder_for(Router.load(bundle), cache_dir=cache_dir)  # UserError: schema mismatch
+        set_torch_threads(torch_threads or os.cpu_count() or 1)
+        self.encoder = Router.load(bundle).build_encoder(cache_dir=cache_dir)  # UserError: schema mismatch
         self.encode.set_max_batch_size(max_batch_size)
         self.encode.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
-    def schema(self) -> dict:
-        """The feature schema this encoder computes."""
-        return self.encoder.schema.model_dump()
+    def schemas(self) -> list[dict]:
+        """The feature schema of each encoder this replica runs."""
+        return [schema.model_dump() for schema in self.encoder.schemas]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def encode(self, prompts: list[str]) -> list[dict[str, np.ndarray]]:
@@ -40,22 +39,23 @@ class Encoder:
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
 class RouterHead:
     """The router bundle and the policy: features in, decisions out. Refuses to start when the Encoder's
-    feature schema does not match the bundle's."""
+    feature schemas do not match the bundle's."""
 
-    async def __init__(self, bundle: str, encoder, policy_defaults: dict):
+    async def __init__(self, bundle: str, encoder, policy_overrides: dict, torch_threads: int | None = None):
+        set_torch_threads(torch_threads)
         self.router = Router.load(bundle)
-        check_schema(self.router, FeatureSchema.model_validate(await encoder.schema.remote()))
-        self.default_policy = PolicyConfig.from_user(**{**self.router.manifest.default_policy, **policy_defaults})
+        self.router.check_schemas([FeatureSchema.model_validate(s) for s in await encoder.schemas.remote()])
+        self.default_policy = merge_policy(self.router.default_policy, policy_overrides)
 
     def describe(self) -> dict:
         """Targets, the default policy and the feature-schema id."""
         return {"targets": self.router.targets, "default_policy": self.default_policy.model_dump(),
-                "feature_schema": self.router.feature_schema.schema_id}
+                "feature_schema": self.router.schema_id}
 
     def decide(self, features: list[dict[str, np.ndarray]], prompts: list[str], policy: dict) -> list[dict]:
         """One decision per prompt: target, fallbacks (in order), probability and expected cost per target."""
         stacked = {column: np.stack([f[column] for f in features]) for column in self.router.required_columns}
-        decisions = decide(self.router, stacked, prompts, PolicyConfig.from_user(**policy))
+        decisions = self.router.decide(stacked, prompts, PolicyConfig.model_validate(policy))
         targets = self.router.targets
         return [
             {

@@ -11,13 +11,15 @@ from ray import serve
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
 
 from ray_router.features.sources import resolve_encoder
+from ray_router.resources import set_torch_threads
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8)
 class LocalGenerator:
     """One transformers causal LM (e.g. SmolLM2-135M-Instruct) answering chat messages with its chat template."""
 
-    def __init__(self, model: str, cache_dir: str | None = None):
+    def __init__(self, model: str, cache_dir: str | None = None, torch_threads: int | None = None):
+        set_torch_threads(torch_threads)
         folder = resolve_encoder(model, cache_dir).folder
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -9,14 +9,13 @@ import pytest
 from click.testing import CliRunner
 
 from ray_router.batch.routing import COST_PREFIX, PROBA_PREFIX, route_queries, stored_query_ids
-from ray_router.model.bundle import Router
 from ray_router.cli.route import route
-from ray_router.errors import UserError
 from ray_router.data.importers.table import prompt_ids
-from ray_router.router import encoder_for, route_prompts
-from ray_router.policy.policies import PolicyConfig
-from ray_router.model.router_training import RouterTrainConfig, train_router
 from ray_router.data.routing_dataset import RoutingDataset
+from ray_router.errors import UserError
+from ray_router.model.router_training import RouterTrainConfig, train_router
+from ray_router.policy.config import PolicyConfig
+from ray_router.router import Router
 
 pytestmark = pytest.mark.ray
 
@@ -48,7 +47,7 @@ def read_decisions(out) -> pd.DataFrame:
 def test_decisions_match_in_process_routing_and_resume(bundle, queries, ray_cluster, tmp_path):
     router = Router.load(bundle)
     policy = PolicyConfig.from_user(kind="tolerance", tau=0.05)
-    reference = route_prompts(router, encoder_for(router), list(queries.text), policy)
+    reference = router.route(list(queries.text), policy)
     source = tmp_path / "queries.parquet"
     queries.to_parquet(source)
     out = tmp_path / "decisions"
@@ -135,7 +134,7 @@ def test_encoder_mismatch_is_refused_before_any_actor_starts(bundle, queries, ra
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
     manifest = json.loads((copy / "router.json").read_text())
-    manifest["feature_schema"]["weight_hash"] = "0" * 64  # trained on other weights than the encoder's
+    manifest["feature_schemas"][0]["weight_hash"] = "0" * 64  # trained on other weights than the encoder's
     (copy / "router.json").write_text(json.dumps(manifest))
     source = tmp_path / "queries.jsonl"
     queries.to_json(source, orient="records", lines=True)

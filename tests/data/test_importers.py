@@ -16,11 +16,11 @@ from click.testing import CliRunner
 from tokenizers import Tokenizer
 
 from ray_router.cli import main
+from ray_router.data.importers.routerbench import import_routerbench
+from ray_router.data.routing_dataset import RoutingDataset
 from ray_router.data.summary import best_single_with_accuracy as best_single
 from ray_router.data.summary import summarize
-from ray_router.data.importers.routerbench import import_routerbench
 from ray_router.evaluation.metrics import complete_rows, oracle_accuracy
-from ray_router.data.routing_dataset import RoutingDataset
 
 GPT4 = "gpt-4-1106-preview"
 

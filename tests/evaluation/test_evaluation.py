@@ -1,15 +1,17 @@
 """evaluate() on hand-made cases and, end to end with write_report, on real RouterBench labels."""
 
 import json
+import math
 
 import numpy as np
 import pytest
 
 from ray_router.evaluation.baselines import KnnRouter, TaskLabelRouter
-from ray_router.model.cost_model import CostModel
-from ray_router.evaluation.evaluation import RouterScores, SplitData, evaluate
-from ray_router.policy.policies import PolicyConfig, route
+from ray_router.evaluation.evaluation import MissingLabels, RouterInput, SplitData, ValidationPoint, evaluate
 from ray_router.evaluation.report import FILES, headline_table, write_report
+from ray_router.model.cost_model import CostModel
+from ray_router.policy.config import PolicyConfig
+from ray_router.policy.policies import route
 
 NAN = np.nan
 NAMES = ["big", "mid", "small"]
@@ -25,8 +27,22 @@ LABELS = np.array([
 ], dtype=float)
 
 
-def by_name(items: list[dict], name: str) -> dict:
-    return next(item for item in items if item["name"] == name)
+class GivenProba:
+    """A router whose input is already its probability matrix."""
+
+    def fit(self, X, Y):
+        return self
+
+    def predict_proba(self, X):
+        return X
+
+
+def given(name: str, proba_test: np.ndarray, proba_val: np.ndarray | None = None) -> RouterInput:
+    return RouterInput(name, GivenProba(), proba_test, proba_val)
+
+
+def by_name(items: list, name: str):
+    return next(item for item in items if item.name == name)
 
 
 def test_gap_closed_compares_the_same_queries_when_the_choice_lacks_labels():
@@ -35,33 +51,33 @@ def test_gap_closed_compares_the_same_queries_when_the_choice_lacks_labels():
     labels = np.array([[1, 1, NAN], [1, 0, 1], [0, 0, 1], [1, 1, 0]], dtype=float)
     split = SplitData(labels, COST)
     always_small = np.tile([0.1, 0.1, 0.9], (4, 1))
-    results = evaluate([RouterScores("small", always_small, always_small)], NAMES, split, split)
-    test = results["routers"][0]["operating_points"]["best_accuracy"]["test"]
-    assert test["n_missing_label"] == 1 and test["accuracy"] == pytest.approx(2 / 3)
-    assert test["accuracy_vs_best_single"]["difference"] == pytest.approx(0.0)
-    assert test["gap_closed"] == pytest.approx(0.0)  # not (2/3 - 3/4) / (1 - 3/4) = -1/3 over mixed rows
+    results = evaluate([given("small", always_small, always_small)], NAMES, split, split)
+    test = results.routers[0].operating_points["best_accuracy"].test
+    assert test.n_missing_label == 1 and test.accuracy == pytest.approx(2 / 3)
+    assert test.accuracy_vs_best_single.difference == pytest.approx(0.0)
+    assert test.gap_closed == pytest.approx(0.0)  # not (2/3 - 3/4) / (1 - 3/4) = -1/3 over mixed rows
 
 
 def test_perfect_router_closes_the_whole_gap_and_best_single_none():
     split = SplitData(LABELS, COST)
-    results = evaluate([RouterScores("perfect", LABELS, LABELS)], NAMES, split, split)
-    router = results["routers"][0]
-    best = router["operating_points"]["best_accuracy"]
-    assert best["chosen_on"] == "validation" and best["reached"]
-    assert best["test"]["accuracy"] == pytest.approx(5 / 6)
-    assert best["test"]["gap_closed"] == pytest.approx(1.0)
+    results = evaluate([given("perfect", LABELS, LABELS)], NAMES, split, split)
+    router = results.routers[0]
+    best = router.operating_points["best_accuracy"]
+    assert best.chosen_on == "validation" and best.reached
+    assert best.test.accuracy == pytest.approx(5 / 6)
+    assert best.test.gap_closed == pytest.approx(1.0)
     # with proba = labels, tau = 0 routes every query to its cheapest right target: the oracle's cost
-    assert best["test"]["total_cost"] == 1 + 2 + 2 + 4 + 1 + 1
-    assert best["test"]["cost_savings"] == pytest.approx(1 - 11 / 24)
-    assert router["probability"]["mean_auc"] == 1.0 and router["probability"]["brier"] == 0.0
-    assert router["probability"]["ece"] == 0.0
-    oracle, single = by_name(results["baselines"], "oracle"), by_name(results["baselines"], "always-best-single")
-    assert oracle["test"]["gap_closed"] == pytest.approx(1.0) and oracle["test"]["total_cost"] == 11
-    assert single["test"]["gap_closed"] == 0.0 and single["test"]["accuracy"] == pytest.approx(4 / 6)
-    assert by_name(results["baselines"], "always-cheapest")["test"]["choice_share"] == [0.0, 0.0, 1.0]
-    assert results["reference"]["best_single"]["name"] == "big"
-    assert results["agreement_zones"]["disagree"] == pytest.approx(4 / 6)
-    assert oracle["test"]["accuracy_on_disagreement"] == 1.0
+    assert best.test.total_cost == 1 + 2 + 2 + 4 + 1 + 1
+    assert best.test.cost_savings == pytest.approx(1 - 11 / 24)
+    assert router.probability.mean_auc == 1.0 and router.probability.brier == 0.0
+    assert router.probability.ece == 0.0
+    oracle, single = by_name(results.baselines, "oracle"), by_name(results.baselines, "always-best-single")
+    assert oracle.test.gap_closed == pytest.approx(1.0) and oracle.test.total_cost == 11
+    assert single.test.gap_closed == 0.0 and single.test.accuracy == pytest.approx(4 / 6)
+    assert by_name(results.baselines, "always-cheapest").test.choice_share == [0.0, 0.0, 1.0]
+    assert results.reference.best_single.name == "big"
+    assert results.agreement_zones.disagree == pytest.approx(4 / 6)
+    assert oracle.test.accuracy_on_disagreement == 1.0
 
 
 def test_operating_points_are_chosen_on_validation_not_test():
@@ -72,26 +88,26 @@ def test_operating_points_are_chosen_on_validation_not_test():
     test_labels = np.tile([1.0, 0.0], (4, 1))  # on test only the expensive one
     values = np.array([0.0, 0.05, 0.2, 0.5])
     results = evaluate(
-        [RouterScores("r", proba, proba)], names,
+        [given("r", proba, proba)], names,
         SplitData(test_labels, np.array([10.0, 1.0])), SplitData(val_labels, np.array([10.0, 1.0])),
         sweep_values=values,
     )
-    router = results["routers"][0]
-    best = router["operating_points"]["best_accuracy"]
-    assert best["parameter"] == 0.2 and best["sweep_index"] == 2  # the cheapest val point with accuracy 1
-    assert best["validation"] == {"accuracy": 1.0, "mean_cost": 1.0}
-    assert best["test"]["accuracy"] == 0.0 and best["test"]["mean_cost"] == 1.0  # honest: wrong on test
-    assert router["test_readout"]["best_accuracy"]["parameter"] == 0.0  # what choosing on test would give
-    assert router["curve"]["accuracy"] == [1.0, 1.0, 0.0, 0.0]
-    assert router["val_curve"]["accuracy"] == [0.0, 0.0, 1.0, 1.0]
-    assert router["apgr"] == pytest.approx(0.5)  # PGR 1 at all-strong points, 0 at all-weak ones
+    router = results.routers[0]
+    best = router.operating_points["best_accuracy"]
+    assert best.parameter == 0.2 and best.sweep_index == 2  # the cheapest val point with accuracy 1
+    assert best.validation == ValidationPoint(accuracy=1.0, mean_cost=1.0)
+    assert best.test.accuracy == 0.0 and best.test.mean_cost == 1.0  # honest: wrong on test
+    assert router.test_readout["best_accuracy"].parameter == 0.0  # what choosing on test would give
+    assert router.curve.accuracy == [1.0, 1.0, 0.0, 0.0]
+    assert router.val_curve.accuracy == [0.0, 0.0, 1.0, 1.0]
+    assert router.apgr == pytest.approx(0.5)  # PGR 1 at all-strong points, 0 at all-weak ones
     # the always-best-single baseline follows validation labels (no training labels given), not test
-    assert by_name(results["baselines"], "always-best-single")["test"]["choice_share"] == [0.0, 1.0]
-    assert results["data"]["best_single_chosen_on"] == "validation"
+    assert by_name(results.baselines, "always-best-single").test.choice_share == [0.0, 1.0]
+    assert results.data.best_single_chosen_on == "validation"
     # without validation scores only the default point exists; without any reference labels no best single
-    only_default = evaluate([RouterScores("r", proba)], names, SplitData(test_labels, np.array([10.0, 1.0])),
+    only_default = evaluate([given("r", proba)], names, SplitData(test_labels, np.array([10.0, 1.0])),
                             labels_train=val_labels)
-    assert list(only_default["routers"][0]["operating_points"]) == ["default"]
+    assert list(only_default.routers[0].operating_points) == ["default"]
     with pytest.raises(ValueError, match="never test labels"):
         evaluate([], names, SplitData(test_labels, np.array([10.0, 1.0])))
 
@@ -104,18 +120,20 @@ def test_missing_labels_and_costs_are_counted_not_scored():
     true_cost[1, 0] = NAN  # falls back to the expected cost
     true_cost[2, 0] = 8.0
     results = evaluate([], NAMES, SplitData(labels, COST, true_cost), labels_train=LABELS)
-    data = results["data"]
-    assert data["test_missing_labels"] == {"cells": 4, "per_target": [2, 1, 1], "queries_without_any_label": 1}
-    assert data["test_cost_cells_from_expected"] == 1
-    single = by_name(results["baselines"], "always-best-single")["test"]
-    assert single["n_missing_label"] == 2 and single["n_scored"] == 4
-    assert single["accuracy"] == pytest.approx(3 / 4)  # queries 1-4: 1, 0, 1, 1
-    assert single["total_cost"] == 4 + 4 + 8 + 4 + 4 + 4 and single["n_cost_from_expected"] == 1
-    assert results["agreement_zones"]["n_excluded"] == 2
-    # undefined numbers are None in the JSON-ready results: no gap to close when one target is always right
+    data = results.data
+    assert data.test_missing_labels == MissingLabels(cells=4, per_target=[2, 1, 1], queries_without_any_label=1)
+    assert data.test_cost_cells_from_expected == 1
+    single = by_name(results.baselines, "always-best-single").test
+    assert single.n_missing_label == 2 and single.n_scored == 4
+    assert single.accuracy == pytest.approx(3 / 4)  # queries 1-4: 1, 0, 1, 1
+    assert single.total_cost == 4 + 4 + 8 + 4 + 4 + 4 and single.n_cost_from_expected == 1
+    assert results.agreement_zones.n_excluded == 2
+    # undefined numbers are NaN in the results and None in their JSON: no gap to close when one target is
+    # always right
     always_right = np.column_stack([np.ones(6), LABELS[:, 1:]])
-    assert evaluate([], NAMES, SplitData(always_right, COST), labels_train=LABELS)["baselines"][0]["test"][
-        "gap_closed"] is None
+    undefined = evaluate([], NAMES, SplitData(always_right, COST), labels_train=LABELS)
+    assert math.isnan(undefined.baselines[0].test.gap_closed)
+    assert undefined.to_json()["baselines"][0]["test"]["gap_closed"] is None
 
 
 def test_write_report_writes_every_file_and_metrics_round_trip(tmp_path):
@@ -123,12 +141,13 @@ def test_write_report_writes_every_file_and_metrics_round_trip(tmp_path):
     labels = (rng.random((60, 3)) < [0.7, 0.5, 0.3]).astype(float)
     noisy = np.clip(labels * 0.6 + rng.random(labels.shape) * 0.4, 0, 1)
     split = SplitData(labels, COST, COST * rng.uniform(0.5, 1.5, labels.shape))
-    results = evaluate([RouterScores("noisy", noisy, noisy), RouterScores("no val", noisy)], NAMES, split, split,
+    results = evaluate([given("noisy", noisy, noisy), given("no val", noisy)], NAMES, split, split,
                        policy_kind="utility", n_boot=200)
-    assert results["policy"]["values"][-1] == "inf"  # lambda = infinity, kept in strict JSON
+    assert results.policy.values[-1] == math.inf
+    assert results.to_json()["policy"]["values"][-1] == "inf"  # lambda = infinity, kept in strict JSON
     write_report(results, tmp_path / "report")
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted(FILES)
-    assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == results
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == results.to_json()
     markdown = (tmp_path / "report" / "report.md").read_text()
     table = headline_table(results)
     assert table in markdown and "noisy" in table and "oracle" in table
@@ -164,9 +183,9 @@ def test_evaluate_and_report_end_to_end_on_real_routerbench_labels(shared_data, 
         return 1 / (1 + np.exp(-(3 * (np.nan_to_num(labels, nan=0.5) - 0.5) + rng.normal(size=labels.shape))))
 
     routers = [
-        RouterScores("noisy labels", noisy_labels(y_test), noisy_labels(val.labels())),
-        RouterScores("semantic kNN", knn.predict_proba(embed(test)), knn.predict_proba(embed(val))),
-        RouterScores("task label", task.predict_proba(test.column("task")), task.predict_proba(val.column("task"))),
+        given("noisy labels", noisy_labels(y_test), noisy_labels(val.labels())),
+        RouterInput("semantic kNN", knn, embed(test), embed(val)),
+        RouterInput("task label", task, test.column("task"), val.column("task")),
     ]
     results = evaluate(
         routers, names,
@@ -174,18 +193,18 @@ def test_evaluate_and_report_end_to_end_on_real_routerbench_labels(shared_data, 
         labels_train=train.labels(),
     )
     write_report(results, tmp_path)
-    assert json.loads((tmp_path / "metrics.json").read_text()) == results
+    assert json.loads((tmp_path / "metrics.json").read_text()) == results.to_json()
     assert all((tmp_path / name).stat().st_size > 0 for name in FILES)
 
-    assert results["data"]["test_missing_labels"]["cells"] == int(np.isnan(y_test).sum())
-    noisy, knn_result = results["routers"][0], results["routers"][1]
-    assert noisy["probability"]["mean_auc"] > 0.8
-    assert noisy["operating_points"]["best_accuracy"]["test"]["gap_closed"] > 0
-    assert 0.4 < knn_result["probability"]["mean_auc"] < 1
-    assert by_name(results["baselines"], "oracle")["test"]["gap_closed"] == pytest.approx(1.0)
-    assert len(noisy["curve"]["accuracy"]) == len(results["policy"]["values"])
+    assert results.data.test_missing_labels.cells == int(np.isnan(y_test).sum())
+    noisy, knn_result = results.routers[0], results.routers[1]
+    assert noisy.probability.mean_auc > 0.8
+    assert noisy.operating_points["best_accuracy"].test.gap_closed > 0
+    assert 0.4 < knn_result.probability.mean_auc < 1
+    assert by_name(results.baselines, "oracle").test.gap_closed == pytest.approx(1.0)
+    assert len(noisy.curve.accuracy) == len(results.policy.values)
     # the default point's missing-label count matches routing the same queries by hand
-    choice = route(routers[0].proba_test, expected["test"], PolicyConfig(), names).choice
-    default = noisy["operating_points"]["default"]["test"]
-    assert default["n_missing_label"] == int(np.isnan(y_test[np.arange(len(choice)), choice]).sum())
-    assert default["n_scored"] + default["n_missing_label"] == len(test)
+    choice = route(routers[0].X_test, expected["test"], PolicyConfig(), names).choice
+    default = noisy.operating_points["default"].test
+    assert default.n_missing_label == int(np.isnan(y_test[np.arange(len(choice)), choice]).sum())
+    assert default.n_scored + default.n_missing_label == len(test)

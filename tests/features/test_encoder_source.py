@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from ray_router.errors import UserError
 from ray_router.features.sources import (
     CACHE_ENV,
     convert_gguf,
@@ -14,7 +15,6 @@ from ray_router.features.sources import (
     folder_sha256,
     resolve_encoder,
 )
-from ray_router.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def smol():
 
 def test_gguf_alias_resolves_to_a_converted_folder(smol):
     assert smol.kind == "gguf" and smol.location.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
-    assert smol.description == f"gguf:{smol.location}"
+    assert smol.description == f"gguf:{Path(smol.location).name}"  # no machine path
     assert (smol.folder / "config.json").is_file() and (smol.folder / "model.safetensors").is_file()
     assert (smol.folder / "tokenizer.json").is_file() and (smol.folder / "chat_template.jinja").is_file()
     assert smol.folder.parent == encoder_cache_dir() / "gguf" and smol.weight_hash[:16] in smol.folder.name

@@ -6,14 +6,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import SMALL_LAYERS, SMALL_MAX_TOKENS
-from reference_forward import plain_forward_features, template_ids
 
 from ray_router.cli import main
-from ray_router.features.extraction import extract_features
-from ray_router.features.store import FeatureStore
-from ray_router.features.prefill_encoder import PrefillEncoder
 from ray_router.data.routing_dataset import RoutingDataset, Target
+from ray_router.features.extraction import extract_features
+from ray_router.features.prefill_encoder import PrefillEncoder
+from ray_router.features.schema import EncoderConfig
+from ray_router.features.store import FeatureStore
+
+from conftest import SMALL_LAYERS, SMALL_MAX_TOKENS
+from reference_forward import plain_forward_features, template_ids
 
 pytestmark = pytest.mark.ray
 
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.ray
 def test_ray_job_features_equal_a_plain_forward(small_routerbench, small_features):
     """Prompts short enough not to be truncated, of different lengths, batched together in the job."""
     dataset = RoutingDataset.read(small_routerbench)
-    encoder = PrefillEncoder("smollm2-135m", layers=[1])
+    encoder = PrefillEncoder(EncoderConfig(encoder="smollm2-135m", layers=[1]))
     tokenizer = encoder.prompt_tokenizer.tokenizer
     lengths = {q: len(template_ids(tokenizer, p)) for q, p in zip(dataset.query_ids, dataset.prompts)}
     short = sorted((n, q) for q, n in lengths.items() if n <= SMALL_MAX_TOKENS)
@@ -51,19 +53,17 @@ def test_output_holds_every_query_once_with_manifest(small_routerbench, small_fe
 
 def test_interrupted_run_resumes_without_duplicates_or_gaps(small_routerbench, small_features, tmp_path, ray_cluster):
     out = tmp_path / "resume"
-    first = extract_features(str(small_routerbench), "smollm2-135m", [1], ["last"], str(out),
-                             limit=40, max_tokens=64, shard_rows=16)
+    config = EncoderConfig(encoder="smollm2-135m", layers=[1], max_tokens=64)
+    first = extract_features(str(small_routerbench), config, str(out), limit=40, shard_rows=16)
     assert (first.computed, first.already_done) == (40, 0)
-    second = extract_features(str(small_routerbench), "smollm2-135m", [1], ["last"], str(out),
-                              limit=100, max_tokens=64, shard_rows=64)
+    second = extract_features(str(small_routerbench), config, str(out), limit=100, shard_rows=64)
     assert (second.computed, second.already_done) == (60, 40)
     store = FeatureStore.open(str(out))
     ids = [i for s in store.shard_files() for i in pq.read_table(s, columns=["query_id"]).column(0).to_pylist()]
     assert len(ids) == len(set(ids)) == 100
     assert set(ids) == set(RoutingDataset.read(small_routerbench).query_ids[:100])
     # Resumed rows equal a fresh computation of the same rows.
-    again = extract_features(str(small_routerbench), "smollm2-135m", [1], ["last"], str(tmp_path / "fresh"),
-                             limit=100, max_tokens=64)
+    again = extract_features(str(small_routerbench), config, str(tmp_path / "fresh"), limit=100)
     assert again.computed == 100
     sample = list(ids[::7])
     np.testing.assert_allclose(store.load(sample)["L1_last"], FeatureStore.open(str(tmp_path / "fresh")).load(sample)["L1_last"], atol=1e-4)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from ray_router.features.sources import resolve_encoder
 from ray_router.errors import UserError
-from ray_router.features.schema import FeatureSchema
 from ray_router.features.prefill_encoder import PrefillEncoder, resolve_schema
+from ray_router.features.schema import EncoderConfig, FeatureSchema
+from ray_router.features.sources import resolve_encoder
 
 PROMPTS = [
     "What is the capital of France?",
@@ -23,10 +23,15 @@ LAYERS = [0, 2, 4]
 TOLERANCE = 1e-4
 
 
+def make_encoder(spec: str, padding_side: str = "right", **fields) -> PrefillEncoder:
+    """A PrefillEncoder of `spec` with these EncoderConfig fields, built from user input."""
+    return PrefillEncoder(EncoderConfig.from_user(encoder=spec, **fields), padding_side=padding_side)
+
+
 @pytest.fixture(scope="module")
 def smol():
     """The SmolLM2 encoder truncated to 4 of its 30 blocks, both poolings."""
-    return PrefillEncoder("smollm2-135m", layers=LAYERS, poolings=["last", "mean"])
+    return make_encoder("smollm2-135m", layers=LAYERS, poolings=["last", "mean"])
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +71,7 @@ def test_token_ids_are_the_chat_template_ids(smol, reference):
 @pytest.mark.parametrize("layers", [LAYERS, [29, 30]], ids=["truncated", "full-depth"])
 def test_features_equal_full_model_hidden_states(layers, smol, reference):
     ids, hidden = reference
-    encoder = smol if layers == LAYERS else PrefillEncoder("smollm2-135m", layers=layers, poolings=["last", "mean"])
+    encoder = smol if layers == LAYERS else make_encoder("smollm2-135m", layers=layers, poolings=["last", "mean"])
     assert len(encoder.model.layers) == max(layers)  # only the blocks needed are kept
     features = encoder.encode(PROMPTS, batch_size=8)
     lengths = [len(row) for row in ids]
@@ -80,7 +85,7 @@ def test_features_equal_full_model_hidden_states(layers, smol, reference):
 
 
 def test_left_and_right_padding_and_batching_agree(smol):
-    left = PrefillEncoder("smollm2-135m", layers=LAYERS, poolings=["last", "mean"], padding_side="left")
+    left = make_encoder("smollm2-135m", layers=LAYERS, poolings=["last", "mean"], padding_side="left")
     right_features = smol.encode(PROMPTS, batch_size=4)
     for column, values in left.encode(PROMPTS, batch_size=4).items():
         np.testing.assert_allclose(values, right_features[column], rtol=1e-5, atol=TOLERANCE, err_msg=column)
@@ -90,7 +95,7 @@ def test_left_and_right_padding_and_batching_agree(smol):
 
 
 def test_truncation_keeps_the_end_and_the_template():
-    encoder = PrefillEncoder("smollm2-135m", layers=[1], max_tokens=40)
+    encoder = make_encoder("smollm2-135m", layers=[1], max_tokens=40)
     tokenizer = encoder.prompt_tokenizer.tokenizer
     prompt = " ".join(f"filler{i}" for i in range(200)) + " FINAL QUESTION: what is two plus two?"
     full = _template_ids(tokenizer, prompt)
@@ -100,7 +105,7 @@ def test_truncation_keeps_the_end_and_the_template():
     assert tokenizer.decode(ids[:head]).endswith("<|im_start|>user\n")
     assert ids[head:] == full[len(full) - (40 - head) :]  # then the END of the prompt and the template tail
     assert tokenizer.decode(ids).endswith("what is two plus two?<|im_end|>\n<|im_start|>assistant\n")
-    start = PrefillEncoder("smollm2-135m", layers=[1], max_tokens=40, truncation_side="right").tokenize([prompt])[0]
+    start = make_encoder("smollm2-135m", layers=[1], max_tokens=40, truncation_side="right").tokenize([prompt])[0]
     assert "filler0 " in tokenizer.decode(start) and "FINAL" not in tokenizer.decode(start)
     assert tokenizer.decode(start).endswith("<|im_end|>\n<|im_start|>assistant\n")
 
@@ -124,17 +129,17 @@ def test_200k_character_prompt_is_truncated_quickly_and_exactly(smol):
 
 def test_bad_inputs_raise_user_errors(smol):
     with pytest.raises(UserError, match="no-such-encoder"):
-        PrefillEncoder("no-such-encoder", layers=[1])
+        make_encoder("no-such-encoder", layers=[1])
     with pytest.raises(UserError, match="no such .gguf"):
-        PrefillEncoder("./missing/model.gguf", layers=[1])
+        make_encoder("./missing/model.gguf", layers=[1])
     with pytest.raises(UserError, match=r"layer 31 is out of range .*0\.\.30"):
-        PrefillEncoder("smollm2-135m", layers=[4, 31])
+        make_encoder("smollm2-135m", layers=[4, 31])
     with pytest.raises(UserError, match="pooling"):
-        PrefillEncoder("smollm2-135m", layers=[1], poolings=["max"])
+        make_encoder("smollm2-135m", layers=[1], poolings=["max"])
     with pytest.raises(UserError, match="dtype"):
-        PrefillEncoder("smollm2-135m", layers=[1], dtype="int8")
+        make_encoder("smollm2-135m", layers=[1], dtype="int8")
     with pytest.raises(UserError, match="max_tokens=10 is too small"):
-        PrefillEncoder("smollm2-135m", layers=[1], max_tokens=10)  # the template alone takes ~30 tokens
+        make_encoder("smollm2-135m", layers=[1], max_tokens=10)  # the template alone takes ~30 tokens
     with pytest.raises(UserError, match="row 1 is empty"):
         smol.encode(["fine", "   \n"])
     with pytest.raises(UserError, match="row 0 is empty"):
@@ -151,26 +156,27 @@ def test_schema_identifies_what_changes_features(smol):
     assert FeatureSchema.model_validate_json(schema.model_dump_json()) == schema
     with pytest.raises(pydantic.ValidationError):
         schema.max_tokens = 10  # frozen
-    by_path = PrefillEncoder(smol.source.location, layers=[4, 2, 0, 2], poolings=["mean", "last"]).schema
+    by_path = make_encoder(smol.source.location, layers=[4, 2, 0, 2], poolings=["mean", "last"]).schema
     assert by_path.encoder != schema.encoder and by_path.schema_id == schema.schema_id  # same weights
     assert schema.model_copy(update={"layers": (2, 4)}).schema_id != schema.schema_id
-    kwargs = dict(layers=LAYERS, poolings=["last", "mean"])
-    assert resolve_schema("smollm2-135m", **kwargs) == schema  # without loading the weights
-    assert resolve_schema("smollm2-135m", device="cuda", **kwargs).dtype == "bfloat16"  # no GPU needed here
-    no_template = PrefillEncoder("smollm2-135m", layers=LAYERS, poolings=["last", "mean"], chat_template=False)
+    config = EncoderConfig(encoder="smollm2-135m", layers=LAYERS, poolings=["last", "mean"])
+    assert resolve_schema(config) == schema  # without loading the weights
+    assert resolve_schema(config, device="cuda").dtype == "bfloat16"  # no GPU needed here
+    assert schema.encoder_config() == config.model_copy(update={"dtype": "float32"})  # reproduces these features
+    no_template = make_encoder("smollm2-135m", layers=LAYERS, poolings=["last", "mean"], chat_template=False)
     assert no_template.schema.schema_id != schema.schema_id and no_template.schema.template_hash is None
 
 
 def test_converted_gguf_is_reused(smol):
     marker = smol.source.folder / "ray_router_source.json"
     before = marker.stat().st_mtime_ns, (smol.source.folder / "model.safetensors").stat().st_mtime_ns
-    again = PrefillEncoder("smollm2-135m", layers=[1])
+    again = make_encoder("smollm2-135m", layers=[1])
     assert again.source.folder == smol.source.folder
     assert (marker.stat().st_mtime_ns, (smol.source.folder / "model.safetensors").stat().st_mtime_ns) == before
 
 
 def test_minilm_alias_gives_mean_pooled_sentence_features():
-    encoder = PrefillEncoder("minilm-l6", layers=[6], poolings=["mean"])
+    encoder = make_encoder("minilm-l6", layers=[6], poolings=["mean"])
     schema = encoder.schema
     assert not schema.chat_template and schema.max_tokens == 512 and schema.hidden_size == 384
     prompts = ["A cat sits on the mat.", "Stock markets fell sharply on Monday after the announcement."]
@@ -182,7 +188,7 @@ def test_minilm_alias_gives_mean_pooled_sentence_features():
         with torch.inference_mode():
             expected.append(model(**tokenizer(prompt, return_tensors="pt")).last_hidden_state[0].mean(0).numpy())
     np.testing.assert_allclose(features, np.stack(expected), atol=TOLERANCE)
-    left = PrefillEncoder("minilm-l6", layers=[6], poolings=["mean"], padding_side="left")  # absolute positions
+    left = make_encoder("minilm-l6", layers=[6], poolings=["mean"], padding_side="left")  # absolute positions
     np.testing.assert_allclose(left.encode(prompts)["L6_mean"], features, atol=TOLERANCE)
     cosine = features @ features.T / np.outer(*(2 * [np.linalg.norm(features, axis=1)]))
     assert cosine[0, 1] < 0.9

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from ray_router.model.bundle import Router
 from ray_router.cli import main
+from ray_router.data.routing_dataset import RoutingDataset
 from ray_router.errors import UserError
 from ray_router.features.store import FeatureStore
 from ray_router.model.router_training import RouterTrainConfig, split_for_training, train_router
-from ray_router.data.routing_dataset import RoutingDataset
+from ray_router.router import Router
 
 pytestmark = pytest.mark.ray
 
@@ -66,7 +66,7 @@ def test_router_beats_the_constant_predictor_on_held_out_rows(bundle, small_rout
     proba = router.predict_proba(store.load(holdout.query_ids, router.required_columns))
     constant = np.broadcast_to(np.nanmean(fit_rows.labels(), axis=0), proba.shape)
     assert _log_loss(proba, holdout.labels()) < _log_loss(constant, holdout.labels())
-    assert router.manifest.n_members == 2 and len(router.manifest.validation["member_val_losses"]) == 4
+    assert router.manifest.n_members == 2 and len(router.manifest.validation.member_val_losses) == 4
 
 
 def test_bundle_round_trip_predicts_exactly_what_was_trained(small_routerbench, small_features, scan_dir, tmp_path):
@@ -77,7 +77,7 @@ def test_bundle_round_trip_predicts_exactly_what_was_trained(small_routerbench, 
     ids = RoutingDataset.read(small_routerbench).select(split="test").query_ids
     features = FeatureStore.open(str(small_features)).load(ids, trained.required_columns)
     np.testing.assert_array_equal(loaded.predict_proba(features), trained.predict_proba(features))
-    assert loaded.feature_schema == FeatureStore.open(str(small_features)).schema
+    assert loaded.feature_schemas == [FeatureStore.open(str(small_features)).schema]
 
 
 @pytest.mark.parametrize("tamper, message", [
@@ -137,3 +137,26 @@ def test_evaluate_end_to_end_writes_every_report_file(bundle, small_routerbench,
     names = [r["name"] for r in metrics["routers"]]
     assert names[0] == "prefill router" and any("kNN" in n for n in names) and "semantic SharedTrunkNet" in names
     assert "prefill router" in result.output  # the headline table on the terminal
+
+
+def _strings(value):
+    """Every string inside a JSON value."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def test_router_json_holds_no_machine_path(small_routerbench, small_features, tmp_path):
+    import os
+
+    config = RouterTrainConfig.model_validate({**FAST, "run": {"storage_path": str(tmp_path / "checkpoints"),
+                                                               "run_name": "where-it-ran"}})
+    train_router(str(small_routerbench), str(small_features), str(tmp_path / "b"), config=config, use_ray=False)
+    text = (tmp_path / "b" / "router.json").read_text()
+    paths = [s for s in _strings(json.loads(text)) if os.path.isabs(s) or s.startswith("~") or "site-packages" in s]
+    assert not paths and str(tmp_path) not in text and "where-it-ran" not in text

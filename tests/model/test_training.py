@@ -10,7 +10,8 @@ import torch
 from ray_router.errors import UserError
 from ray_router.model.training import (
     MEMBER_FILE_GLOB,
-    TrainConfig,
+    TrainRunConfig,
+    TrunkConfig,
     build_members,
     fit_ensemble,
     member_split,
@@ -18,7 +19,7 @@ from ray_router.model.training import (
 )
 from ray_router.model.trunk_net import ensemble_proba, masked_bce_loss
 
-SMALL = TrainConfig(hidden=(32, 16), batch_size=64, max_epochs=25, patience=4, n_seeds=4, keep_best=2)
+SMALL = TrunkConfig(hidden=(32, 16), batch_size=64, max_epochs=25, patience=4, n_seeds=4, keep_best=2)
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +94,11 @@ def test_a_seed_is_reproducible_and_seeds_differ(problem):
 
 def test_config_rejects_inconsistent_values():
     with pytest.raises(pydantic.ValidationError, match="keep_best"):
-        TrainConfig(n_seeds=3, keep_best=5)
+        TrunkConfig(n_seeds=3, keep_best=5)
     with pytest.raises(pydantic.ValidationError, match="same length"):
-        TrainConfig(hidden=(64,), dropout=(0.1, 0.1))
+        TrunkConfig(hidden=(64,), dropout=(0.1, 0.1))
     with pytest.raises(pydantic.ValidationError, match="learning_rate"):
-        TrainConfig(learning_rate=0.1)  # a typo in a YAML file is an error, not a silent default
+        TrunkConfig(learning_rate=0.1)  # a typo in a YAML file is an error, not a silent default
 
 
 def test_bad_labels_and_shapes_are_user_errors(problem):
@@ -116,9 +117,9 @@ def ray_runs(ray_cluster, problem, tmp_path_factory):
     """Two Ray Train runs into one storage path: 2 seeds reporting every epoch, then the same run
     extended to 3 seeds with the default (throttled) reports."""
     storage = str(tmp_path_factory.mktemp("ray_train"))
-    config = RAY_CONFIG.model_copy(update={"storage_path": storage, "report_interval_s": 0.0})
-    first = fit_ensemble(*problem, config, use_ray=True)
-    extended = fit_ensemble(*problem, RAY_CONFIG.model_copy(update={"storage_path": storage, "n_seeds": 3}))
+    every_epoch = TrainRunConfig(storage_path=storage, report_interval_s=0.0)
+    first = fit_ensemble(*problem, RAY_CONFIG, every_epoch, use_ray=True)
+    extended = fit_ensemble(*problem, RAY_CONFIG.model_copy(update={"n_seeds": 3}), TrainRunConfig(storage_path=storage))
     return first, extended
 
 

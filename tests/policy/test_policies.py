@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from ray_router.errors import UserError
+from ray_router.policy.config import PolicyConfig, merge_policy
 from ray_router.policy.policies import (
-    PolicyConfig,
     default_sweep_values,
     fit_budget_lambda,
     route,
@@ -162,3 +162,22 @@ def test_sweep_traces_cost_down_as_the_parameter_grows():
         assert mean_costs[-1] == 1.0  # tau = 1 and lambda = inf: always the cheapest
     with pytest.raises(UserError, match="argmax"):
         sweep(proba, cost, "argmax", np.array([0.0]), names)
+
+
+def test_merge_policy_lays_overrides_over_the_default():
+    default = PolicyConfig(kind="tolerance", tau=0.1, allowed=["big", "mid"])
+    assert merge_policy(default, None) is default
+    given = PolicyConfig(kind="argmax")
+    assert merge_policy(default, given) is given
+    assert merge_policy(default, {}) == default
+    same_kind = merge_policy(default, {"kind": "tolerance"})
+    assert same_kind.tau == 0.1 and same_kind.allowed == ["big", "mid"]  # the same kind keeps its parameter
+    other_kind = merge_policy(default, {"kind": "utility", "allowed": None})
+    assert other_kind.lam == PolicyConfig().lam and other_kind.allowed is None
+    assert merge_policy(default, {"kind": "utility"}).tau == PolicyConfig().tau  # not inherited across kinds
+    budget = PolicyConfig.from_user(kind="budget", budget=0.01, lam=3.0)
+    assert merge_policy(budget, {}).lam == 3.0
+    with pytest.raises(UserError, match="needs lam fitted"):
+        merge_policy(budget, {"budget": 0.02})  # a lambda fitted for another budget is never reused
+    with pytest.raises(UserError, match="tau"):
+        merge_policy(default, {"tau": -1})

@@ -16,11 +16,10 @@ import httpx
 import numpy as np
 import pytest
 
-from ray_router.model.bundle import Router
-from ray_router.router import encoder_for, route_prompts
-from ray_router.policy.policies import PolicyConfig
-from ray_router.model.router_training import RouterTrainConfig, train_router
 from ray_router.data.routing_dataset import RoutingDataset
+from ray_router.model.router_training import RouterTrainConfig, train_router
+from ray_router.policy.config import PolicyConfig
+from ray_router.router import Router
 
 pytestmark = pytest.mark.ray
 
@@ -99,13 +98,12 @@ def _chat(text: str, **fields) -> dict:
 
 def test_route_equals_the_in_process_router(server, bundle, test_prompts):
     router = Router.load(bundle)
-    encoder = encoder_for(router)
     for options in ({}, {"policy": "utility", "lam": 0.05}, {"policy": "argmax"}):
         response = server.post("/v1/route", json={"prompts": test_prompts, "router": options})
         assert response.status_code == 200, response.text
         body = response.json()
         policy = PolicyConfig.model_validate(body["policy"])
-        offline = route_prompts(router, encoder, test_prompts, policy)
+        offline = router.route(test_prompts, policy)
         decisions = body["decisions"]
         assert [d["target"] for d in decisions] == offline.chosen()
         assert [[d["target"], *d["fallbacks"]] for d in decisions] == offline.fallback_names()
@@ -113,7 +111,7 @@ def test_route_equals_the_in_process_router(server, bundle, test_prompts):
         np.testing.assert_allclose(served, offline.proba, atol=1e-5)
         cost = np.array([[d["expected_cost_usd"][t] for t in router.targets] for d in decisions])
         np.testing.assert_allclose(cost, offline.expected_cost, rtol=1e-12)
-        assert body["feature_schema"] == router.feature_schema.schema_id
+        assert body["feature_schema"] == router.schema_id
         assert set(body["latency_ms"]) == {"encode", "decide", "total"}
     assert body["policy"]["kind"] == "argmax"
 
@@ -268,7 +266,7 @@ def test_shipped_serve_configs_are_valid(name, bundle):
     from ray_router.cli.serve import prepare_config
     from ray_router.serving.config import ServeArgs
 
-    config = prepare_config(Path(__file__).parent.parent / "serve_configs" / name, bundle, 8123)
+    config = prepare_config(Path(__file__).resolve().parents[2] / "serve_configs" / name, bundle, 8123)
     ServeDeploySchema.model_validate(config)
     args = ServeArgs.from_user(config["applications"][0]["args"])
     assert config["http_options"]["port"] == 8123 and args.bundle == bundle

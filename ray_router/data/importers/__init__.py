@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ray_router.errors import UserError
 from ray_router.data.routing_dataset import RoutingDataset, Target
+from ray_router.errors import UserError
 
 PRICE_COLUMNS = ("model", "input_usd_per_mtok", "output_usd_per_mtok")
 _LIST_FIELDS = ("query_ids", "prompts", "origins", "task", "category", "split")

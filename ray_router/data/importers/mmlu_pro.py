@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ray_router.errors import UserError
 from ray_router.data.importers import read_prices
 from ray_router.data.importers.token_count import TOKENIZER_NAME, count_tokens
 from ray_router.data.routing_dataset import RoutingDataset, Target
+from ray_router.errors import UserError
 
 ARCHIVE_NAME = re.compile(r"^model_outputs_(?P<model>.+?)_\d+shots\.zip$")
 REQUIRED_FIELDS = ("question_id", "question", "options", "answer", "pred")

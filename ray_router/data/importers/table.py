@@ -17,7 +17,6 @@ import pandas as pd
 import pydantic
 import yaml
 
-from ray_router.errors import UserError
 from ray_router.data.importers import (
     QueryRows,
     merge_duplicate_ids,
@@ -27,6 +26,7 @@ from ray_router.data.importers import (
     rows_to_dataset,
 )
 from ray_router.data.routing_dataset import RoutingDataset, Target
+from ray_router.errors import UserError
 
 READERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
 

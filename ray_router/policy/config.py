@@ -1,0 +1,88 @@
+"""The routing policy a router applies (`PolicyConfig`), and the one rule that lays overrides over a default.
+
+A router bundle stores its default policy; batch routing, the Serve app and each request may override
+fields of it, always through `merge_policy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import pydantic
+
+from ray_router.errors import validated
+
+PolicyKind = Literal["argmax", "tolerance", "utility", "budget"]
+SWEEPABLE = {"tolerance": "tau", "utility": "lam"}
+PARAMETERS = ("tau", "lam", "budget")
+
+
+class PolicyConfig(pydantic.BaseModel):
+    """Which policy to apply and its parameter.
+
+    - ``argmax``: the target with the highest p.
+    - ``tolerance``: the cheapest target with p >= (max p over allowed targets) - ``tau``.
+    - ``utility``: the target maximising p - ``lam`` * c_norm, with c_norm the expected cost scaled
+      to [0, 1] per query over the allowed targets (cheapest 0, most expensive 1).
+    - ``budget``: ``utility`` with the ``lam`` fitted on validation data by ``fit_budget_lambda`` so that
+      the mean cost per query stays <= ``budget``; ``lam`` must be given explicitly for this kind.
+    ``allowed`` restricts every policy to a subset of target names (None: all targets).
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    kind: PolicyKind = "tolerance"
+    tau: float = pydantic.Field(0.20, ge=0, description="tolerance: max probability given up for cost")
+    lam: float = pydantic.Field(0.20, ge=0, description="utility/budget: weight of normalised cost")
+    budget: float | None = pydantic.Field(None, gt=0, description="budget: mean cost per query")
+    allowed: list[str] | None = None
+
+    @pydantic.field_validator("allowed")
+    @classmethod
+    def _allowed_is_a_nonempty_set(cls, allowed: list[str] | None) -> list[str] | None:
+        if allowed is None:
+            return None
+        if not allowed:
+            raise ValueError("allowed must name at least one target (or be omitted for all targets)")
+        duplicates = sorted({name for name in allowed if allowed.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"allowed names a target twice: {', '.join(duplicates)}")
+        return allowed
+
+    @pydantic.model_validator(mode="after")
+    def _budget_is_complete(self) -> PolicyConfig:
+        if self.kind == "budget":
+            if self.budget is None:
+                raise ValueError("kind 'budget' needs budget (mean cost per query, > 0)")
+            if "lam" not in self.model_fields_set:
+                raise ValueError(
+                    "kind 'budget' needs lam fitted on validation data (fit_budget_lambda(...).lam)"
+                )
+        return self
+
+    @classmethod
+    def from_user(cls, **values: object) -> PolicyConfig:
+        """Build a config from user input; invalid values raise UserError naming the field."""
+        return validated(cls, values, "routing policy")
+
+
+def merge_policy(base: PolicyConfig, overrides: PolicyConfig | Mapping[str, object] | None) -> PolicyConfig:
+    """The policy to apply: `overrides` itself when it is a PolicyConfig, `base` when it is None, else its
+    fields laid over `base` (UserError naming a bad field).
+
+    A parameter of `base` (tau, lam, budget) is kept only while the kind stays the same; `allowed` is kept
+    unless overridden. A budget policy's lam was fitted for its budget: a new budget needs its own lam.
+    """
+    if overrides is None:
+        return base
+    if isinstance(overrides, PolicyConfig):
+        return overrides
+    values = dict(overrides)
+    inherited = base.model_dump()
+    if values.get("kind", base.kind) != base.kind:
+        for name in PARAMETERS:
+            inherited.pop(name)
+    elif base.kind == "budget" and "budget" in values and "lam" not in values:
+        inherited.pop("lam")
+    return PolicyConfig.from_user(**inherited | values)
