@@ -89,9 +89,9 @@ class Router:
         return ids[0] if len(ids) == 1 else hashlib.sha256(":".join(ids).encode()).hexdigest()[:16]
 
     @property
-    def required_columns(self) -> list[str]:
-        """Feature columns the router reads, each once."""
-        return self.model.required_columns
+    def required_keys(self) -> list[str]:
+        """The features the router reads (keys `<encoder name>/<column>`), each once."""
+        return self.model.required_keys
 
     @property
     def default_policy(self) -> PolicyConfig:
@@ -99,10 +99,10 @@ class Router:
 
     # -- features -> decisions -------------------------------------------------------------------
     def predict_proba(self, features: Features) -> np.ndarray:
-        """(n, K) probability of a correct answer per target, for features {column: (n, d)}."""
-        missing = [c for c in self.required_columns if c not in features]
+        """(n, K) probability of a correct answer per target, for features {key: (n, d)}."""
+        missing = [k for k in self.required_keys if k not in features]
         if missing:
-            raise UserError(f"the router needs feature columns {missing}; got {sorted(features)}")
+            raise UserError(f"the router needs the features {missing}; got {sorted(features)}")
         return self.model.predict_proba(features)
 
     def expected_cost(self, prompts: list[str]) -> np.ndarray:
@@ -119,22 +119,25 @@ class Router:
         return Decisions(self.targets, ranking.choice, ranking.fallbacks, proba, cost)
 
     # -- prompts -> features ---------------------------------------------------------------------
+    def _schemas_read(self) -> list[FeatureSchema]:
+        """The feature schemas of the encoders whose features the router reads."""
+        return [schema for schema in self.feature_schemas if set(schema.keys) & set(self.required_keys)]
+
     def encoder_configs(self) -> list[EncoderConfig]:
-        """Per encoder, the config that computes exactly the columns the router reads (and no deeper layers)."""
-        return [schema.encoder_config(self.required_columns) for schema in self.feature_schemas
-                if set(schema.columns) & set(self.required_columns)]
+        """Per encoder, the config that computes exactly the features the router reads (and no deeper layers)."""
+        return [schema.encoder_config(self.required_keys) for schema in self._schemas_read()]
 
     def check_schemas(self, schemas: Sequence[FeatureSchema]) -> None:
-        """UserError unless `schemas` (one per encoder config) compute the router's columns exactly as in training."""
-        trained = [s for s in self.feature_schemas if set(s.columns) & set(self.required_columns)]
-        for trained_schema, schema in zip(trained, schemas, strict=True):
+        """UserError unless `schemas` (one per encoder config) compute the router's features exactly as in
+        training."""
+        for trained_schema, schema in zip(self._schemas_read(), schemas, strict=True):
             different = schema.differences(trained_schema, "here", "in training", ignore=_MAY_DIFFER)
-            needed = set(self.required_columns) & set(trained_schema.columns)
-            missing = sorted(needed - set(schema.columns))
+            needed = set(self.required_keys) & set(trained_schema.keys)
+            missing = sorted(needed - set(schema.keys))
             if different or missing:
                 raise UserError(
                     f"encoder features do not match the router's feature schema {trained_schema.schema_id} "
-                    f"({', '.join(different) or 'missing columns ' + ', '.join(missing)})"
+                    f"({', '.join(different) or 'missing features ' + ', '.join(missing)})"
                 )
 
     def check_encoders(self, device: str | None = None, cache_dir: str | None = None) -> None:

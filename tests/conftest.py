@@ -84,3 +84,19 @@ def small_features(small_routerbench, ray_cluster, tmp_path_factory) -> Path:
                            max_tokens=SMALL_MAX_TOKENS)
     extract_features(str(small_routerbench), config, str(out), batch_size=16)
     return out
+
+
+GEMMA_LAYERS = [1, 2]
+
+
+@pytest.fixture(scope="session")
+def small_gemma_features(small_routerbench, ray_cluster, tmp_path_factory) -> Path:
+    """Gemma 3 270M features of `small_routerbench` (a second encoder, truncated to 2 of its 18 blocks)."""
+    from ray_router.features.extraction import extract_features
+    from ray_router.features.schema import EncoderConfig
+
+    out = tmp_path_factory.mktemp("features") / "gemma"
+    config = EncoderConfig(encoder="gemma3-270m", layers=GEMMA_LAYERS, poolings=["last", "mean"],
+                           max_tokens=SMALL_MAX_TOKENS)
+    extract_features(str(small_routerbench), config, str(out), batch_size=16)
+    return out

@@ -48,7 +48,7 @@ def test_the_readme_example_routes_prompts(small_routerbench, small_features, tm
     targets = RoutingDataset.read(small_routerbench).target_names
     config = RouterTrainConfig.model_validate({"pca_k": 8, "trainer": {"n_seeds": 2, "keep_best": 1, "max_epochs": 10}})
     train_router(str(small_routerbench), str(small_features), str(tmp_path / "build" / "router"),
-                 selection={t: (3, "last") for t in targets}, config=config, use_ray=False)
+                 blocks=dict.fromkeys(targets, "smollm2-135m/L3_last"), config=config, use_ray=False)
     monkeypatch.chdir(tmp_path)
     exec(compile(example, "README.md", "exec"), {})
     printed = capsys.readouterr().out

@@ -116,7 +116,11 @@ def import_table_command(
 
     The mapping comes from --mapping (YAML with keys prompt, id, split, task, category, and correct /
     cost / output_tokens as {target: column}) and/or the options, which take precedence."""
-    from ray_router.data.importers.table import build_mapping, import_table, load_mapping
+    from ray_router.data.importers.table import (
+        build_mapping,
+        import_table,
+        load_mapping,
+    )
 
     mapping = load_mapping(mapping_file) if mapping_file else {}
     scalars = {"prompt": prompt_col, "id": id_col, "split": split_col, "task": task_col, "category": category_col}

@@ -9,7 +9,8 @@ from ray_router.evaluation.job import BASELINES
 @click.command()
 @click.option("--bundle", required=True, help="Router bundle from `ray-router train`.")
 @click.option("--data", required=True, help="The routing dataset the router was trained on.")
-@click.option("--features", required=True, help="The prefill feature folder the router reads.")
+@click.option("--features", required=True, multiple=True,
+              help="A prefill feature folder the router reads (repeat for each encoder of the router).")
 @click.option("--out", required=True, help="Report folder (metrics.json, report.md, PNG plots).")
 @click.option("--baselines", default="all", type=ChoiceList(["all", "none", *BASELINES]), show_default=True,
               help="Comma-separated: knn, semantic-trunk, task-label, all or none.")
@@ -27,7 +28,7 @@ def evaluate(bundle, data, features, out, baselines, semantic_features, policy, 
 
     chosen = BASELINES if "all" in baselines else tuple(b for b in baselines if b != "none")
     ensure_ray(address)
-    results = run_evaluation(bundle, data, features, out, baselines=chosen, semantic_features=semantic_features,
+    results = run_evaluation(bundle, data, list(features), out, baselines=chosen, semantic_features=semantic_features,
                              policy_kind=policy, use_ray=not local)
     click.echo(headline_table(results))
     click.echo(f"wrote {out}/metrics.json, report.md and plots")

@@ -4,7 +4,12 @@ import json
 
 import click
 
-from ray_router.cli.options import batch_size_option, ray_address_option, worker_options, worker_resources
+from ray_router.cli.options import (
+    batch_size_option,
+    ray_address_option,
+    worker_options,
+    worker_resources,
+)
 
 
 @click.command()

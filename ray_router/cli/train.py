@@ -36,9 +36,12 @@ def scan_layers_command(data, features, out, k, select, config_path, local, addr
 
 @click.command()
 @click.option("--data", required=True, help="Routing dataset (Parquet).")
-@click.option("--features", required=True, help="Feature folder from `ray-router extract`.")
+@click.option("--features", required=True, multiple=True,
+              help="Feature folder from `ray-router extract` (repeat to combine several encoders).")
 @click.option("--out", required=True, help="Router bundle folder to write.")
-@click.option("--scan", default=None, help="A scan-layers folder whose selection to use (default: scan now).")
+@click.option("--scan", multiple=True,
+              help="A scan-layers folder whose selection to use, one per --features in the same order "
+                   "(default: scan now).")
 @click.option("--config", "config_path", default=None, help="train.yaml (RouterTrainConfig; see README).")
 @click.option("--local", is_flag=True, help="Train in this process instead of on Ray Train.")
 @ray_address_option
@@ -50,7 +53,7 @@ def train(data, features, out, scan, config_path, local, address):
     config = RouterTrainConfig.from_yaml(config_path)
     if not local:
         ensure_ray(address)
-    router = train_router(data, features, out, scan=scan, config=config, use_ray=not local)
+    router = train_router(data, list(features), out, scan=list(scan) or None, config=config, use_ray=not local)
     summary = router.manifest.validation
     auc = summary.holdout_mean_auc
     click.echo(

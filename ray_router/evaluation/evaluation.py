@@ -32,7 +32,11 @@ from typing import Any
 import numpy as np
 
 from ray_router.evaluation import metrics
-from ray_router.evaluation.baselines import best_single_choice, cheapest_choice, random_choice
+from ray_router.evaluation.baselines import (
+    best_single_choice,
+    cheapest_choice,
+    random_choice,
+)
 from ray_router.model.proba_router import ProbaRouter
 from ray_router.policy.config import SWEEPABLE, PolicyConfig
 from ray_router.policy.policies import Ranking, default_sweep_values, route, sweep

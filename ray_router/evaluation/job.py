@@ -7,6 +7,7 @@ embeddings) get their embeddings through the same extraction job, cached in a fe
 fitted in memory on the router's own fit rows.
 """
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +15,17 @@ import numpy as np
 from ray_router.data.routing_dataset import RoutingDataset
 from ray_router.errors import UserError
 from ray_router.evaluation.baselines import KnnRouter, TaskLabelRouter
-from ray_router.evaluation.evaluation import BundleInfo, EvaluationResults, RouterInput, SplitData, evaluate
+from ray_router.evaluation.evaluation import (
+    BundleInfo,
+    EvaluationResults,
+    RouterInput,
+    SplitData,
+    evaluate,
+)
 from ray_router.evaluation.report import write_report
 from ray_router.features.extraction import extract_features
-from ray_router.features.schema import EncoderConfig, column_name
-from ray_router.features.store import FeatureStore
+from ray_router.features.feature_set import FeatureSet
+from ray_router.features.schema import EncoderConfig, column_name, feature_key
 from ray_router.model.router_training import split_for_training
 from ray_router.model.trunk_router import SharedTrunkRouter
 from ray_router.router import Router
@@ -28,7 +35,7 @@ BASELINES = ("knn", "semantic-trunk", "task-label")
 # tokens (the END of long prompts is kept), on the raw text.
 SEMANTIC_ENCODER = EncoderConfig(encoder="minilm-l6", layers=(6,), poolings=("mean",), max_tokens=256,
                                  chat_template=False)
-SEMANTIC_COLUMN = column_name(6, "mean")
+SEMANTIC_KEY = feature_key(SEMANTIC_ENCODER.name, column_name(6, "mean"))
 
 
 def task_labels(dataset: RoutingDataset) -> np.ndarray:
@@ -43,7 +50,7 @@ def task_labels(dataset: RoutingDataset) -> np.ndarray:
 def run_evaluation(
     bundle: str,
     data: str,
-    features: str,
+    features: str | Sequence[str],
     out: str,
     *,
     baselines: tuple[str, ...] = BASELINES,
@@ -51,7 +58,8 @@ def run_evaluation(
     policy_kind: str = "tolerance",
     use_ray: bool = True,
 ) -> EvaluationResults:
-    """Evaluate BUNDLE on DATA's test split; write metrics.json, report.md and plots into OUT."""
+    """Evaluate BUNDLE on DATA's test split, with the features of FEATURES (the feature folders it was trained
+    on: one per encoder); write metrics.json, report.md and plots into OUT."""
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise UserError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)} or 'all'")
@@ -59,24 +67,25 @@ def run_evaluation(
     dataset = RoutingDataset.read(data)
     if dataset.target_names != router.targets:
         raise UserError(f"{data} has targets {dataset.target_names[:3]}..., the router {router.targets[:3]}...")
-    store = FeatureStore.open(features)
-    trained = [schema.schema_id for schema in router.feature_schemas]
-    if store.schema.schema_id not in trained:
-        raise UserError(f"{features} holds features of schema {store.schema.schema_id}, "
-                        f"the router needs {', '.join(trained)}")
+    feature_set = FeatureSet.open(features)
+    trained = {schema.schema_id for schema in router.feature_schemas}
+    given = {schema.schema_id for schema in feature_set.schemas}
+    if not trained <= given:
+        raise UserError(f"the router reads features of schemas {', '.join(sorted(trained))}; the feature folders "
+                        f"hold {', '.join(sorted(given))}")
     fit_rows, val_rows = split_for_training(dataset, router.manifest.validation.holdout_fraction)
     test_rows = dataset.select(split="test")
     if not len(test_rows) or not len(val_rows):
         raise UserError(f"{data}: evaluation needs test rows and holdout rows of the training split")
 
     def prefill(rows: RoutingDataset):
-        return store.load(rows.query_ids, router.required_columns)
+        return feature_set.load(rows.query_ids, router.required_keys)
 
     routers = [RouterInput("prefill router", router, prefill(test_rows), prefill(val_rows))]
     if {"knn", "semantic-trunk"} & set(baselines):
         semantic_dir = semantic_features or str(Path(out) / "semantic_features")
         extract_features(data, SEMANTIC_ENCODER, semantic_dir)
-        routers += _semantic_routers(router, FeatureStore.open(semantic_dir), baselines, fit_rows, val_rows,
+        routers += _semantic_routers(router, FeatureSet.open(semantic_dir), baselines, fit_rows, val_rows,
                                      test_rows, use_ray)
     if "task-label" in baselines:
         task = TaskLabelRouter().fit(task_labels(fit_rows), fit_rows.labels())
@@ -89,26 +98,26 @@ def run_evaluation(
                        labels_train=fit_rows.labels(), policy_kind=policy_kind)
     results.bundle = BundleInfo(path=str(bundle), feature_schema=router.schema_id,
                                 encoder=", ".join(schema.encoder for schema in router.feature_schemas),
-                                selection=router.manifest.validation.selection)
+                                selection={b.target: b.block for b in router.manifest.blocks})
     write_report(results, out)
     return results
 
 
-def _semantic_routers(router: Router, store: FeatureStore, baselines, fit_rows: RoutingDataset,
+def _semantic_routers(router: Router, semantic: FeatureSet, baselines, fit_rows: RoutingDataset,
                       val_rows: RoutingDataset, test_rows: RoutingDataset, use_ray: bool) -> list[RouterInput]:
     """kNN and the router's own SharedTrunkNet recipe on MiniLM embeddings, fitted on the router's fit rows."""
 
     def embed(rows: RoutingDataset):
-        return store.load(rows.query_ids, [SEMANTIC_COLUMN])
+        return semantic.load(rows.query_ids, [SEMANTIC_KEY])
 
     routers = []
     if "knn" in baselines:
-        knn = KnnRouter().fit(embed(fit_rows)[SEMANTIC_COLUMN], fit_rows.labels(),
-                              embed(val_rows)[SEMANTIC_COLUMN], val_rows.labels())
-        routers.append(RouterInput(f"semantic kNN (k={knn.k_})", knn, embed(test_rows)[SEMANTIC_COLUMN],
-                                   embed(val_rows)[SEMANTIC_COLUMN]))
+        knn = KnnRouter().fit(embed(fit_rows)[SEMANTIC_KEY], fit_rows.labels(),
+                              embed(val_rows)[SEMANTIC_KEY], val_rows.labels())
+        routers.append(RouterInput(f"semantic kNN (k={knn.k_})", knn, embed(test_rows)[SEMANTIC_KEY],
+                                   embed(val_rows)[SEMANTIC_KEY]))
     if "semantic-trunk" in baselines:
-        semantic = SharedTrunkRouter(SEMANTIC_COLUMN, pca_k=router.manifest.blocks[0].k, config=router.manifest.trunk,
-                                     use_ray=use_ray).fit(embed(fit_rows), fit_rows.labels())
-        routers.append(RouterInput("semantic SharedTrunkNet", semantic, embed(test_rows), embed(val_rows)))
+        trunk = SharedTrunkRouter(SEMANTIC_KEY, pca_k=router.manifest.blocks[0].k, config=router.manifest.trunk,
+                                  use_ray=use_ray).fit(embed(fit_rows), fit_rows.labels())
+        routers.append(RouterInput("semantic SharedTrunkNet", trunk, embed(test_rows), embed(val_rows)))
     return routers

@@ -24,7 +24,12 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be set first)
 import numpy as np  # noqa: E402
 
 from ray_router.data import storage  # noqa: E402
-from ray_router.evaluation.evaluation import EvaluationResults, OperatingPoint, RouterResult, ScoredPoint  # noqa: E402
+from ray_router.evaluation.evaluation import (  # noqa: E402
+    EvaluationResults,
+    OperatingPoint,
+    RouterResult,
+    ScoredPoint,
+)
 
 FILES = ("metrics.json", "report.md", "cost_accuracy.png", "auc_per_target.png", "calibration.png")
 MAX_NAME = 40  # longer target names are shortened in plots

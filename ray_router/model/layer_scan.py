@@ -16,7 +16,12 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from ray_router.errors import UserError
-from ray_router.model.probes import effective_dimensionality, fisher_separability, probe_auc, reduce_features
+from ray_router.model.probes import (
+    effective_dimensionality,
+    fisher_separability,
+    probe_auc,
+    reduce_features,
+)
 from ray_router.resources import ensure_ray
 
 OK = "ok"

@@ -1,4 +1,8 @@
-"""Per-target input blocks for SharedTrunkNet: selected features -> StandardScaler -> PCA(k)."""
+"""Input blocks for the routers' heads: selected features -> StandardScaler -> PCA(k).
+
+A block reads one feature, or several concatenated (a multi-layer or multi-encoder block): its spec is
+the features' keys joined by "+", e.g. "smollm2-135m/L8_mean+smollm2-135m/L16_mean".
+"""
 
 from dataclasses import dataclass
 
@@ -9,7 +13,18 @@ from sklearn.preprocessing import StandardScaler
 
 from ray_router.errors import UserError
 
-Block = tuple[str, int]  # (feature column such as "L12_last", number of PCA components k)
+Block = tuple[str, int]  # (block spec: feature keys joined by "+", number of PCA components k)
+BLOCK_JOIN = "+"
+
+
+def block_spec(keys) -> str:
+    """The spec of a block reading `keys` (concatenated in that order)."""
+    return BLOCK_JOIN.join(keys)
+
+
+def block_keys(spec: str) -> list[str]:
+    """The feature keys a block spec reads."""
+    return spec.split(BLOCK_JOIN)
 _PARAM_NAMES = ("scaler_mean", "scaler_scale", "pca_mean", "pca_components")
 
 
@@ -28,18 +43,18 @@ class _BlockParams:
 
 
 class BlockPreprocessor:
-    """Builds the SharedTrunkNet input: per target one block, concatenated in target order.
+    """Builds a head's input: the given blocks, concatenated in their order.
 
-    A block is the target's selected feature matrix, standardised (StandardScaler) and reduced to
-    k dimensions (PCA), both fitted by `fit` on the rows it is given (pass training rows only).
-    Targets that select the same (column, k) share one fitted block. `to_tensors`/`from_tensors`
-    store the fitted numbers as plain arrays (for safetensors); the transform after a round-trip is
-    bit-identical, because both sides run the same numpy code on the same arrays.
+    A block is its features' matrix (several concatenated for a multi-feature spec), standardised
+    (StandardScaler) and reduced to k dimensions (PCA), both fitted by `fit` on the rows it is given
+    (pass training rows only). Blocks given twice (targets that select the same spec and k) share one fit.
+    `to_tensors`/`from_tensors` store the fitted numbers as plain arrays (for safetensors); the transform
+    after a round-trip is bit-identical, because both sides run the same numpy code on the same arrays.
     """
 
     def __init__(self, blocks: list[Block]) -> None:
         if not blocks:
-            raise UserError("the preprocessor needs at least one (feature column, k) block")
+            raise UserError("the preprocessor needs at least one (block spec, k) block")
         for column, k in blocks:
             if int(k) < 1:
                 raise UserError(f"block {column!r}: k must be >= 1, got {k}")
@@ -48,12 +63,12 @@ class BlockPreprocessor:
 
     @property
     def unique_blocks(self) -> list[Block]:
-        """The distinct (column, k) pairs in order of first use: each is fitted once."""
+        """The distinct (spec, k) pairs in order of first use: each is fitted once."""
         return list(dict.fromkeys(self.blocks))
 
     @property
     def output_dim(self) -> int:
-        """Width of the transformed matrix: the sum of the targets' k."""
+        """Width of the transformed matrix: the sum of the blocks' k."""
         return sum(k for _, k in self.blocks)
 
     def fit(self, features: dict[str, np.ndarray]) -> "BlockPreprocessor":
@@ -61,7 +76,7 @@ class BlockPreprocessor:
         n_rows = _check_rows(features, self.unique_blocks)
         params = {}
         for column, k in self.unique_blocks:
-            x = features[column].astype(np.float64)
+            x = _block_matrix(features, column).astype(np.float64)
             if k > min(x.shape):
                 raise UserError(
                     f"block {column!r}: k={k} exceeds min(rows, dims) = {min(x.shape)} "
@@ -82,23 +97,27 @@ class BlockPreprocessor:
 
     def transform(self, features: dict[str, np.ndarray]) -> np.ndarray:
         """The concatenated blocks, (n, sum of k) float32."""
+        projected = self.transform_blocks(features)
+        return np.concatenate([projected[b] for b in self.blocks], axis=1).astype(np.float32)
+
+    def transform_blocks(self, features: dict[str, np.ndarray]) -> dict[Block, np.ndarray]:
+        """Each distinct block's reduced matrix, {(spec, k): (n, k) float64}."""
         if not self._params:
             raise NotFittedError("BlockPreprocessor is not fitted: call fit or from_tensors first")
         _check_rows(features, self.unique_blocks)
         projected = {}
         for block in self.unique_blocks:
-            column = block[0]
+            x = _block_matrix(features, block[0])
             expected = self._params[block].scaler_mean.shape[0]
-            if features[column].shape[1] != expected:
+            if x.shape[1] != expected:
                 raise UserError(
-                    f"feature column {column!r} has {features[column].shape[1]} dims, "
-                    f"the preprocessor was fitted on {expected}"
+                    f"block {block[0]!r} has {x.shape[1]} dims, the preprocessor was fitted on {expected}"
                 )
-            projected[block] = self._params[block].project(features[column])
-        return np.concatenate([projected[b] for b in self.blocks], axis=1).astype(np.float32)
+            projected[block] = self._params[block].project(x)
+        return projected
 
     def to_tensors(self) -> dict[str, np.ndarray]:
-        """Fitted numbers per distinct block, keyed "<column>.k<k>.<name>" (float64 arrays)."""
+        """Fitted numbers per distinct block, keyed "<spec>.k<k>.<name>" (float64 arrays)."""
         if not self._params:
             raise NotFittedError("BlockPreprocessor is not fitted: nothing to store")
         return {
@@ -138,15 +157,22 @@ def _tensor_key(block: Block, name: str) -> str:
     return f"{column}.k{k}.{name}"
 
 
+def _block_matrix(features: dict[str, np.ndarray], spec: str) -> np.ndarray:
+    """The features a block reads, side by side."""
+    keys = block_keys(spec)
+    return features[keys[0]] if len(keys) == 1 else np.concatenate([features[key] for key in keys], axis=1)
+
+
 def _check_rows(features: dict[str, np.ndarray], blocks: list[Block]) -> int:
-    """Every needed column is present, 2-D, and all have the same number of rows; returns it."""
+    """Every needed feature is present, 2-D, and all have the same number of rows; returns it."""
     rows = {}
-    for column, _ in blocks:
-        if column not in features:
-            raise UserError(f"feature column {column!r} is missing (have: {sorted(features)})")
-        if features[column].ndim != 2:
-            raise UserError(f"feature column {column!r} must be 2-D, got shape {features[column].shape}")
-        rows[column] = features[column].shape[0]
+    for spec, _ in blocks:
+        for key in block_keys(spec):
+            if key not in features:
+                raise UserError(f"feature {key!r} is missing (have: {sorted(features)})")
+            if features[key].ndim != 2:
+                raise UserError(f"feature {key!r} must be 2-D, got shape {features[key].shape}")
+            rows[key] = features[key].shape[0]
     if len(set(rows.values())) > 1:
-        raise UserError(f"feature columns have different row counts: {rows}")
+        raise UserError(f"features have different row counts: {rows}")
     return next(iter(rows.values()))

@@ -1,10 +1,15 @@
-"""Training a router from files: layer selection -> SharedTrunkRouter.fit -> a router bundle.
+"""Training a router from files: the targets' feature blocks -> SharedTrunkRouter.fit -> a router bundle.
 
 `train_router` is the one library function behind `jobs/train.py` and `ray-router train`: it reads the
-routing dataset and the feature folder, fits a `SharedTrunkRouter` on arrays, and writes the bundle.
+routing dataset and the feature folders (one per encoder), works out each target's block (`blocks`:
+the layer each encoder's scan selects for the target, or every layer of every encoder), fits a
+`SharedTrunkRouter` on arrays, and writes the bundle.
 A share of the training split (by a salted hash of query_id) is held out as the router's own
 validation set: it is never trained on, so evaluation can choose policy parameters on it.
 """
+
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import yaml
@@ -13,11 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray_router.data.routing_dataset import RoutingDataset, hash_fraction_mask
 from ray_router.errors import UserError, validation_message
 from ray_router.evaluation.metrics import roc_auc_per_target
-from ray_router.features.schema import column_name
+from ray_router.features.feature_set import FeatureSet
+from ray_router.features.schema import column_name, feature_key
 from ray_router.features.store import FeatureStore
-from ray_router.model.bundle import RouterManifest, TargetBlock, ValidationSummary
+from ray_router.model.bundle import (
+    InputBlock,
+    RouterManifest,
+    TargetBlock,
+    ValidationSummary,
+)
 from ray_router.model.cost_model import CostModel
 from ray_router.model.layer_scan import ScanConfig, ScanResult, scan_layers
+from ray_router.model.preprocessing import block_keys, block_spec
 from ray_router.model.scan_files import read_scan
 from ray_router.model.training import TrainRunConfig, TrunkConfig
 from ray_router.model.trunk_router import SharedTrunkRouter
@@ -32,7 +44,12 @@ class RouterTrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    pca_k: int = Field(100, ge=1, description="PCA dimensions per target block (NVIDIA's port sweeps 50-300).")
+    pca_k: int = Field(100, ge=1, description="PCA dimensions per block (NVIDIA's port sweeps 50-300).")
+    blocks: Literal["selected", "all-layers"] = Field(
+        "selected", description="Each target's block: the (layer, pooling) each encoder's scan selects for it, "
+        "side by side, or every layer of every encoder (`all_layers_pooling`), one block for all targets.")
+    all_layers_pooling: Literal["mean", "last"] = Field("mean", description="The pooling of an all-layers block.")
+    unique_inputs: bool = Field(False, description="The network reads each distinct block once (else one per target).")
     holdout_fraction: float = Field(
         0.15, ge=0, lt=1, description="Share of the training split held out for choosing policy parameters."
     )
@@ -89,36 +106,40 @@ def run_scan(dataset: RoutingDataset, store: FeatureStore, config: ScanConfig, u
 
 def train_router(
     data: str,
-    features: str,
+    features: str | Sequence[str],
     out: str,
     *,
-    scan: str | None = None,
-    selection: dict[str, tuple[int, str]] | None = None,
+    scan: str | Sequence[str] | None = None,
+    blocks: dict[str, str] | None = None,
     config: RouterTrainConfig | None = None,
     use_ray: bool = True,
 ) -> Router:
-    """Train a router on DATA's training split with the features in FEATURES; write the bundle to OUT.
+    """Train a router on DATA's training split with the features of FEATURES (one folder, or one per encoder);
+    write the bundle to OUT.
 
-    The (layer, pooling) per target comes from `selection`, else the scan folder `scan`, else a
-    layer scan run now.
+    Each target's block (feature keys joined by "+") comes from `blocks`, else from `config.blocks`; for
+    "selected", per feature folder the (layer, pooling) of its scan folder in `scan` (one per feature folder,
+    in the same order), else of a layer scan run now.
     """
     config = config or RouterTrainConfig()
     dataset = RoutingDataset.read(data)
-    store = FeatureStore.open(features)
-    if selection is None:
-        selection = read_scan(scan).selection if scan else run_scan(dataset, store, config.scan, use_ray).selection
-    _check_selection(selection, dataset.target_names, store, scan)
+    feature_set = FeatureSet.open(features)
+    blocks = blocks or target_blocks(dataset, feature_set, scan, config, use_ray)
+    _check_blocks(blocks, dataset.target_names, feature_set)
 
     fit_rows, holdout_rows = split_for_training(dataset, config.holdout_fraction)
-    columns = [column_name(*selection[t]) for t in dataset.target_names]
-    model = SharedTrunkRouter(columns, config.pca_k, config.trainer, config.run, use_ray=use_ray)
-    model.fit(store.load(fit_rows.query_ids, columns=list(dict.fromkeys(columns))), fit_rows.labels())
-    holdout_auc, holdout_mean_auc = _holdout_auc(model, store, holdout_rows)
+    specs = [blocks[t] for t in dataset.target_names]
+    model = SharedTrunkRouter(specs, config.pca_k, config.trainer, config.run, use_ray=use_ray,
+                              unique_inputs=config.unique_inputs)
+    keys = list(dict.fromkeys(key for spec in specs for key in block_keys(spec)))
+    model.fit(feature_set.load(fit_rows.query_ids, keys), fit_rows.labels())
+    holdout_auc, holdout_mean_auc = _holdout_auc(model, feature_set, holdout_rows)
     manifest = RouterManifest(
         data_hash=dataset.content_hash(),
-        feature_schemas=[store.schema],
+        feature_schemas=feature_set.schemas,
         targets=dataset.target_names,
-        blocks=[TargetBlock(target=t, column=c, k=k) for t, (c, k) in zip(dataset.target_names, model.blocks_)],
+        blocks=[TargetBlock(target=t, block=spec, k=k) for t, (spec, k) in zip(dataset.target_names, model.blocks_)],
+        inputs=[InputBlock(block=spec, k=k) for spec, k in model.inputs_],
         d_in=model.preprocessor_.output_dim,
         n_members=len(model.members_),
         cost_model=CostModel.fit(fit_rows),
@@ -130,7 +151,6 @@ def train_router(
             holdout_fraction=config.holdout_fraction,
             fit_rows=len(fit_rows),
             holdout_rows=len(holdout_rows),
-            selection=selection,
             holdout_auc=holdout_auc,
             holdout_mean_auc=holdout_mean_auc,
         ),
@@ -140,15 +160,47 @@ def train_router(
     return router
 
 
-def _holdout_auc(model: SharedTrunkRouter, store: FeatureStore,
+def target_blocks(dataset: RoutingDataset, feature_set: FeatureSet, scan: str | Sequence[str] | None,
+                  config: RouterTrainConfig, use_ray: bool) -> dict[str, str]:
+    """Each target's block spec by `config.blocks` (see train_router)."""
+    if config.blocks == "all-layers":
+        pooling = config.all_layers_pooling
+        keys = [feature_key(s.name, column_name(layer, pooling)) for s in feature_set.schemas for layer in s.layers
+                if pooling in s.poolings]
+        if not keys:
+            raise UserError(f"no feature folder holds {pooling!r} pooling for an all-layers block")
+        return dict.fromkeys(dataset.target_names, block_spec(keys))
+    scans = [scan] if isinstance(scan, str) else list(scan or [])
+    if scans and len(scans) != len(feature_set.stores):
+        raise UserError(f"give one scan folder per feature folder: {len(scans)} scans, "
+                        f"{len(feature_set.stores)} feature folders")
+    selections = [read_scan(path).selection for path in scans] or [
+        run_scan(dataset, store, config.scan, use_ray).selection for store in feature_set.stores]
+    for store, selection, path in zip(feature_set.stores, selections, scans or [None] * len(selections)):
+        _check_selection(selection, dataset.target_names, store, path)
+    return {t: block_spec(feature_key(store.schema.name, column_name(*selection[t]))
+                          for store, selection in zip(feature_set.stores, selections))
+            for t in dataset.target_names}
+
+
+def _holdout_auc(model: SharedTrunkRouter, feature_set: FeatureSet,
                  holdout: RoutingDataset) -> tuple[list[float | None] | None, float | None]:
     """Per-target ROC-AUC of the router on its holdout rows (None where undefined) and their mean."""
     if not len(holdout):
         return None, None
-    auc = roc_auc_per_target(model.predict_proba(store.load(holdout.query_ids, model.required_columns)),
+    auc = roc_auc_per_target(model.predict_proba(feature_set.load(holdout.query_ids, model.required_keys)),
                              holdout.labels())
     mean = float(np.nanmean(auc)) if np.isfinite(auc).any() else None
     return [None if np.isnan(a) else float(a) for a in auc], mean
+
+
+def _check_blocks(blocks: dict[str, str], targets: list[str], feature_set: FeatureSet) -> None:
+    missing = [t for t in targets if t not in blocks]
+    if missing:
+        raise UserError(f"no feature block for targets {missing[:3]}")
+    unknown = sorted({key for spec in blocks.values() for key in block_keys(spec)} - set(feature_set.keys))
+    if unknown:
+        raise UserError(f"the blocks read features {unknown[:3]} that the feature folders do not hold")
 
 
 def _check_selection(selection, targets, store: FeatureStore, scan: str | None) -> None:

@@ -8,53 +8,66 @@ import numpy as np
 
 from ray_router.errors import UserError
 from ray_router.features.schema import Features
-from ray_router.model.preprocessing import Block, BlockPreprocessor
-from ray_router.model.training import EnsembleResult, TrainRunConfig, TrunkConfig, build_members, fit_ensemble
+from ray_router.model.preprocessing import Block, BlockPreprocessor, block_keys
+from ray_router.model.training import (
+    EnsembleResult,
+    TrainRunConfig,
+    TrunkConfig,
+    build_members,
+    fit_ensemble,
+)
 from ray_router.model.trunk_net import SharedTrunkNet, ensemble_proba
 
 
 class SharedTrunkRouter:
-    """Predicts every target's correctness from per-target feature blocks with a SharedTrunkNet ensemble.
+    """Predicts every target's correctness from feature blocks with a SharedTrunkNet ensemble.
 
-    X is a features mapping {column: (n, d)}; target k reads `columns[k]` (one column for all targets when
-    `columns` is a string), standardised and reduced to `pca_k` dimensions by PCA (capped at n - 1 and
-    the column's width), the blocks concatenated (see BlockPreprocessor); `config` is the ensemble recipe.
-    `fit` trains on Ray Train when `use_ray` (where and how: `run`), else in this process.
+    X is a features mapping {key: (n, d)}. Target k has the block `blocks[k]` (one spec for all targets
+    when `blocks` is a string): the features it names (keys joined by "+"), standardised and reduced to
+    `pca_k` dimensions by PCA (capped at n - 1 and the block's width). The network reads the targets'
+    blocks concatenated in target order, or with `unique_inputs` each distinct block once (targets that
+    share a block then share its input columns). `config` is the ensemble recipe; `fit` trains on Ray
+    Train when `use_ray` (where and how: `run`), else in this process.
 
-    Learned: `blocks_` [(column, k)] per target, `preprocessor_`, `members_` (the kept SharedTrunkNets,
-    eval mode) and `ensemble_` (validation losses, kept seeds, curves; None for a router loaded from a bundle).
+    Learned: `blocks_` [(spec, k)] per target, `inputs_` (the blocks the network reads, in order),
+    `preprocessor_`, `members_` (the kept SharedTrunkNets, eval mode) and `ensemble_` (validation losses,
+    kept seeds, curves; None for a router loaded from a bundle).
     """
 
     def __init__(
         self,
-        columns: str | Sequence[str],
+        blocks: str | Sequence[str],
         pca_k: int = 100,
         config: TrunkConfig | None = None,
         run: TrainRunConfig | None = None,
         use_ray: bool = False,
+        unique_inputs: bool = False,
     ) -> None:
-        self.columns = columns
+        self.blocks = blocks
         self.pca_k = pca_k
         self.config = config or TrunkConfig()
         self.run = run
         self.use_ray = use_ray
+        self.unique_inputs = unique_inputs
 
     def fit(self, X: Features, Y: np.ndarray) -> SharedTrunkRouter:
         """Fit the blocks' scalers and PCAs and train the ensemble on (X, Y); Y is (n, K) with NaN = unknown."""
         Y = np.asarray(Y, dtype=np.float64)
         if Y.ndim != 2:
             raise UserError(f"labels must be (n, K), got shape {Y.shape}")
-        columns = [self.columns] * Y.shape[1] if isinstance(self.columns, str) else list(self.columns)
-        if len(columns) != Y.shape[1]:
-            raise UserError(f"{len(columns)} feature columns for {Y.shape[1]} targets")
-        missing = sorted(set(columns) - set(X))
+        specs = [self.blocks] * Y.shape[1] if isinstance(self.blocks, str) else list(self.blocks)
+        if len(specs) != Y.shape[1]:
+            raise UserError(f"{len(specs)} feature blocks for {Y.shape[1]} targets")
+        missing = sorted({key for spec in specs for key in block_keys(spec)} - set(X))
         if missing:
-            raise UserError(f"feature columns {missing} are missing (have: {sorted(X)})")
-        blocks = [(column, min(self.pca_k, len(Y) - 1, X[column].shape[1])) for column in columns]
-        preprocessor = BlockPreprocessor(blocks).fit(X)
+            raise UserError(f"features {missing[:3]} are missing (have: {sorted(X)[:6]}...)")
+        width = {spec: sum(X[key].shape[1] for key in block_keys(spec)) for spec in specs}
+        blocks = [(spec, min(self.pca_k, len(Y) - 1, width[spec])) for spec in specs]
+        inputs = list(dict.fromkeys(blocks)) if self.unique_inputs else blocks
+        preprocessor = BlockPreprocessor(inputs).fit(X)
         ensemble = fit_ensemble(preprocessor.transform(X), Y, self.config, self.run, use_ray=self.use_ray)
-        self._set_fitted(blocks, preprocessor,
-                         build_members(ensemble.members, ensemble.d_in, ensemble.n_targets, self.config), ensemble)
+        members = build_members(ensemble.members, ensemble.d_in, ensemble.n_targets, self.config)
+        self._set_fitted(blocks, preprocessor, members, ensemble)
         return self
 
     def predict_proba(self, X: Features) -> np.ndarray:
@@ -64,18 +77,20 @@ class SharedTrunkRouter:
         return ensemble_proba(self.members_, self.preprocessor_.transform(X))
 
     @property
-    def required_columns(self) -> list[str]:
-        """The feature columns the fitted router reads, each once."""
-        return list(dict.fromkeys(column for column, _ in self.blocks_))
+    def required_keys(self) -> list[str]:
+        """The features the fitted router reads, each once."""
+        return list(dict.fromkeys(key for spec, _ in self.blocks_ for key in block_keys(spec)))
 
     @classmethod
     def from_fitted(cls, blocks: list[Block], preprocessor: BlockPreprocessor, members: list[SharedTrunkNet],
                     config: TrunkConfig) -> SharedTrunkRouter:
-        """A fitted router from stored state (a router bundle)."""
-        router = cls([column for column, _ in blocks], config=config)
+        """A fitted router from stored state (a router bundle); `preprocessor.blocks` are its inputs."""
+        router = cls([spec for spec, _ in blocks], config=config,
+                     unique_inputs=preprocessor.blocks != blocks)
         router._set_fitted(blocks, preprocessor, members, None)
         return router
 
     def _set_fitted(self, blocks: list[Block], preprocessor: BlockPreprocessor, members: list[SharedTrunkNet],
                     ensemble: EnsembleResult | None) -> None:
-        self.blocks_, self.preprocessor_, self.members_, self.ensemble_ = blocks, preprocessor, members, ensemble
+        self.blocks_, self.inputs_ = blocks, preprocessor.blocks
+        self.preprocessor_, self.members_, self.ensemble_ = preprocessor, members, ensemble

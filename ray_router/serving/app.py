@@ -25,8 +25,20 @@ from ray_router.errors import UserError, validation_message
 from ray_router.policy.config import PolicyConfig, merge_policy
 from ray_router.policy.policies import allowed_mask
 from ray_router.router import Router
-from ray_router.serving.api import ROUTER_MODEL, ApiError, ChatRequest, RouteRequest, RoutingOptions
-from ray_router.serving.backends import Completion, GenerationParams, LocalBackend, OpenAIBackend, TargetError
+from ray_router.serving.api import (
+    ROUTER_MODEL,
+    ApiError,
+    ChatRequest,
+    RouteRequest,
+    RoutingOptions,
+)
+from ray_router.serving.backends import (
+    Completion,
+    GenerationParams,
+    LocalBackend,
+    OpenAIBackend,
+    TargetError,
+)
 from ray_router.serving.config import ServeArgs
 from ray_router.serving.deployments import Encoder, RouterHead
 from ray_router.serving.local_target import LocalGenerator

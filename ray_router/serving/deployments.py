@@ -31,9 +31,9 @@ class Encoder:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def encode(self, prompts: list[str]) -> list[dict[str, np.ndarray]]:
-        """Features of one prompt per call ({column: (hidden,) array}); Serve groups concurrent calls."""
+        """Features of one prompt per call ({key: (hidden,) array}); Serve groups concurrent calls."""
         features = await asyncio.to_thread(self.encoder.encode, prompts, len(prompts))
-        return [{column: values[i] for column, values in features.items()} for i in range(len(prompts))]
+        return [{key: values[i] for key, values in features.items()} for i in range(len(prompts))]
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
@@ -54,7 +54,7 @@ class RouterHead:
 
     def decide(self, features: list[dict[str, np.ndarray]], prompts: list[str], policy: dict) -> list[dict]:
         """One decision per prompt: target, fallbacks (in order), probability and expected cost per target."""
-        stacked = {column: np.stack([f[column] for f in features]) for column in self.router.required_columns}
+        stacked = {key: np.stack([f[key] for f in features]) for key in self.router.required_keys}
         decisions = self.router.decide(stacked, prompts, PolicyConfig.model_validate(policy))
         targets = self.router.targets
         return [

@@ -8,7 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from ray_router.batch.routing import COST_PREFIX, PROBA_PREFIX, route_queries, stored_query_ids
+from ray_router.batch.routing import (
+    COST_PREFIX,
+    PROBA_PREFIX,
+    route_queries,
+    stored_query_ids,
+)
 from ray_router.cli.route import route
 from ray_router.data.importers.table import prompt_ids
 from ray_router.data.routing_dataset import RoutingDataset
@@ -28,7 +33,7 @@ def bundle(small_routerbench, small_features, tmp_path_factory) -> str:
     targets = RoutingDataset.read(small_routerbench).target_names
     out = tmp_path_factory.mktemp("bundle") / "router"
     train_router(str(small_routerbench), str(small_features), str(out),
-                 selection={t: (3, "last") for t in targets}, config=RouterTrainConfig.model_validate(FAST),
+                 blocks=dict.fromkeys(targets, "smollm2-135m/L3_last"), config=RouterTrainConfig.model_validate(FAST),
                  use_ray=False)
     return str(out)
 

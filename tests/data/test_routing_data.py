@@ -21,7 +21,12 @@ from ray_router.data.summary import agreement_summary as agreement_zones
 from ray_router.data.summary import best_single_with_accuracy as best_single
 from ray_router.data.summary import summarize
 from ray_router.errors import UserError
-from ray_router.evaluation.metrics import agreement_zone_of_rows, complete_rows, oracle_accuracy, target_accuracy
+from ray_router.evaluation.metrics import (
+    agreement_zone_of_rows,
+    complete_rows,
+    oracle_accuracy,
+    target_accuracy,
+)
 
 NAN = np.nan
 TARGETS = [Target(name="big", input_usd_per_mtok=3.0, output_usd_per_mtok=15.0), Target(name="small")]

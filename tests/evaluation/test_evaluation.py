@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from ray_router.evaluation.baselines import KnnRouter, TaskLabelRouter
-from ray_router.evaluation.evaluation import MissingLabels, RouterInput, SplitData, ValidationPoint, evaluate
+from ray_router.evaluation.evaluation import (
+    MissingLabels,
+    RouterInput,
+    SplitData,
+    ValidationPoint,
+    evaluate,
+)
 from ray_router.evaluation.report import FILES, headline_table, write_report
 from ray_router.model.cost_model import CostModel
 from ray_router.policy.config import PolicyConfig

@@ -192,3 +192,22 @@ def test_minilm_alias_gives_mean_pooled_sentence_features():
     np.testing.assert_allclose(left.encode(prompts)["L6_mean"], features, atol=TOLERANCE)
     cosine = features @ features.T / np.outer(*(2 * [np.linalg.norm(features, axis=1)]))
     assert cosine[0, 1] < 0.9
+
+
+def test_gemma_alias_is_assembled_from_its_packages_and_gives_the_plain_forward_features():
+    encoder = make_encoder("gemma3-270m", layers=[0, 2, 18], poolings=["last", "mean"])
+    schema = encoder.schema
+    assert schema.weight_hash == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"  # the GGUF
+    assert schema.hidden_size == 640 and not schema.chat_template and schema.template_hash is None  # no template
+    features = encoder.encode(PROMPTS)
+    tokenizer = AutoTokenizer.from_pretrained(encoder.source.folder)
+    model = AutoModelForCausalLM.from_pretrained(encoder.source.folder, dtype=torch.float32).eval()
+    for row, prompt in enumerate(PROMPTS):  # one by one: no padding in the reference
+        inputs = tokenizer(prompt, return_tensors="pt")
+        assert encoder.tokenize([prompt])[0] == inputs["input_ids"][0].tolist()
+        with torch.inference_mode():
+            hidden = model(**inputs, output_hidden_states=True).hidden_states
+        for layer in (0, 2, 18):
+            for pooling, reference in (("last", hidden[layer][0, -1]), ("mean", hidden[layer][0].mean(0))):
+                np.testing.assert_allclose(features[f"L{layer}_{pooling}"][row], reference.numpy(),
+                                           atol=TOLERANCE * max(1.0, float(reference.abs().max())))

@@ -9,7 +9,13 @@ import pydantic
 import pytest
 
 from ray_router.errors import UserError
-from ray_router.model.layer_scan import NO_SIGNAL, OK, ScanConfig, ScanResult, scan_layers
+from ray_router.model.layer_scan import (
+    NO_SIGNAL,
+    OK,
+    ScanConfig,
+    ScanResult,
+    scan_layers,
+)
 from ray_router.model.probes import fisher_separability, probe_auc, reduce_features
 from ray_router.model.scan_files import read_scan, write_scan
 from ray_router.model.scan_report import scan_table

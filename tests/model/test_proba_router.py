@@ -6,9 +6,9 @@ import pytest
 
 from ray_router.data.routing_dataset import RoutingDataset
 from ray_router.evaluation.baselines import KnnRouter, TaskLabelRouter
-from ray_router.evaluation.job import SEMANTIC_COLUMN, SEMANTIC_ENCODER, task_labels
-from ray_router.features.prefill_encoder import PrefillEncoder
-from ray_router.features.store import FeatureStore
+from ray_router.evaluation.job import SEMANTIC_ENCODER, SEMANTIC_KEY, task_labels
+from ray_router.features.feature_encoder import FeatureEncoder
+from ray_router.features.feature_set import FeatureSet
 from ray_router.model.proba_router import ProbaRouter
 from ray_router.model.router_training import split_for_training
 from ray_router.model.training import TrunkConfig
@@ -29,23 +29,23 @@ def splits(small_routerbench):
 @pytest.fixture(scope="module")
 def semantic(splits) -> dict[str, dict[str, np.ndarray]]:
     """MiniLM sentence embeddings of each split, as the evaluation computes them."""
-    encoder = PrefillEncoder(SEMANTIC_ENCODER)
+    encoder = FeatureEncoder([SEMANTIC_ENCODER])
     return {name: encoder.encode(rows.prompts) for name, rows in zip(("fit", "val", "test"), splits)}
 
 
 def _routers(splits, small_features, semantic):
     """(router, X_fit, fit extras, X_test) for every router of the project."""
     fit, val, test = splits
-    store = FeatureStore.open(str(small_features))
-    prefill = {name: store.load(rows.query_ids) for name, rows in zip(("fit", "test"), (fit, test))}
-    columns = ["L3_last", "L2_mean"] * 5 + ["L1_last"]  # a column per target, some shared
+    features = FeatureSet.open(str(small_features))
+    prefill = {name: features.load(rows.query_ids) for name, rows in zip(("fit", "test"), (fit, test))}
+    blocks = ["smollm2-135m/L3_last", "smollm2-135m/L2_mean"] * 5 + ["smollm2-135m/L1_last+smollm2-135m/L3_mean"]
     return {
-        "prefill SharedTrunkNet": (SharedTrunkRouter(columns, pca_k=8, config=FAST), prefill["fit"], (),
+        "prefill SharedTrunkNet": (SharedTrunkRouter(blocks, pca_k=8, config=FAST), prefill["fit"], (),
                                    prefill["test"]),
-        "semantic SharedTrunkNet": (SharedTrunkRouter(SEMANTIC_COLUMN, pca_k=8, config=FAST), semantic["fit"], (),
+        "semantic SharedTrunkNet": (SharedTrunkRouter(SEMANTIC_KEY, pca_k=8, config=FAST), semantic["fit"], (),
                                     semantic["test"]),
-        "semantic kNN": (KnnRouter(k_grid=(1, 5, 20)), semantic["fit"][SEMANTIC_COLUMN],
-                         (semantic["val"][SEMANTIC_COLUMN], val.labels()), semantic["test"][SEMANTIC_COLUMN]),
+        "semantic kNN": (KnnRouter(k_grid=(1, 5, 20)), semantic["fit"][SEMANTIC_KEY],
+                         (semantic["val"][SEMANTIC_KEY], val.labels()), semantic["test"][SEMANTIC_KEY]),
         "task label": (TaskLabelRouter(), task_labels(fit), (), task_labels(test)),
     }
 
@@ -69,7 +69,8 @@ def test_a_loaded_router_holds_a_proba_router(small_routerbench, small_features,
 
     config = RouterTrainConfig(pca_k=8, trainer=FAST)
     trained = train_router(str(small_routerbench), str(small_features), str(tmp_path / "router"),
-                           selection={t: (2, "mean") for t in RoutingDataset.read(small_routerbench).target_names},
+                           blocks=dict.fromkeys(RoutingDataset.read(small_routerbench).target_names,
+                                                "smollm2-135m/L2_mean"),
                            config=config, use_ray=False)
     loaded = Router.load(tmp_path / "router")
     assert isinstance(loaded.model, ProbaRouter) and loaded.model.blocks_ == trained.model.blocks_

@@ -7,7 +7,13 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.preprocessing import StandardScaler
 
-from ray_router.model.probes import _rank_auc, effective_dimensionality, fisher_separability, probe_auc, reduce_features
+from ray_router.model.probes import (
+    _rank_auc,
+    effective_dimensionality,
+    fisher_separability,
+    probe_auc,
+    reduce_features,
+)
 
 
 def planted_layers(n: int = 400, d: int = 50, noise_layers: int = 4, shift: float = 1.0, seed: int = 0):

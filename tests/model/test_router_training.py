@@ -9,8 +9,13 @@ from click.testing import CliRunner
 from ray_router.cli import main
 from ray_router.data.routing_dataset import RoutingDataset
 from ray_router.errors import UserError
+from ray_router.features.feature_set import FeatureSet
 from ray_router.features.store import FeatureStore
-from ray_router.model.router_training import RouterTrainConfig, split_for_training, train_router
+from ray_router.model.router_training import (
+    RouterTrainConfig,
+    split_for_training,
+    train_router,
+)
 from ray_router.router import Router
 
 pytestmark = pytest.mark.ray
@@ -62,8 +67,7 @@ def _log_loss(p, y):
 def test_router_beats_the_constant_predictor_on_held_out_rows(bundle, small_routerbench, small_features):
     router = Router.load(bundle)
     fit_rows, holdout = split_for_training(RoutingDataset.read(small_routerbench), 0.15)
-    store = FeatureStore.open(str(small_features))
-    proba = router.predict_proba(store.load(holdout.query_ids, router.required_columns))
+    proba = router.predict_proba(FeatureSet.open(str(small_features)).load(holdout.query_ids, router.required_keys))
     constant = np.broadcast_to(np.nanmean(fit_rows.labels(), axis=0), proba.shape)
     assert _log_loss(proba, holdout.labels()) < _log_loss(constant, holdout.labels())
     assert router.manifest.n_members == 2 and len(router.manifest.validation.member_val_losses) == 4
@@ -75,7 +79,7 @@ def test_bundle_round_trip_predicts_exactly_what_was_trained(small_routerbench, 
                            config=config, use_ray=False)
     loaded = Router.load(tmp_path / "b")
     ids = RoutingDataset.read(small_routerbench).select(split="test").query_ids
-    features = FeatureStore.open(str(small_features)).load(ids, trained.required_columns)
+    features = FeatureSet.open(str(small_features)).load(ids, trained.required_keys)
     np.testing.assert_array_equal(loaded.predict_proba(features), trained.predict_proba(features))
     assert loaded.feature_schemas == [FeatureStore.open(str(small_features)).schema]
 

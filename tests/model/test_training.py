@@ -119,7 +119,8 @@ def ray_runs(ray_cluster, problem, tmp_path_factory):
     storage = str(tmp_path_factory.mktemp("ray_train"))
     every_epoch = TrainRunConfig(storage_path=storage, report_interval_s=0.0)
     first = fit_ensemble(*problem, RAY_CONFIG, every_epoch, use_ray=True)
-    extended = fit_ensemble(*problem, RAY_CONFIG.model_copy(update={"n_seeds": 3}), TrainRunConfig(storage_path=storage))
+    more_seeds = RAY_CONFIG.model_copy(update={"n_seeds": 3})
+    extended = fit_ensemble(*problem, more_seeds, TrainRunConfig(storage_path=storage))
     return first, extended
 
 

@@ -140,3 +140,12 @@ def test_user_mistakes_are_named(features):
     del tensors["L6_mean.k3.pca_mean"]
     with pytest.raises(UserError, match="pca_mean"):
         BlockPreprocessor.from_tensors([("L6_mean", 3)], tensors)
+
+
+def test_a_block_of_several_features_reduces_them_side_by_side(features):
+    prep = BlockPreprocessor([("L3_last+L6_mean", 6)]).fit(features)
+    side_by_side = np.concatenate([features["L3_last"], features["L6_mean"]], axis=1)
+    reference = PCA(6, random_state=0).fit_transform(StandardScaler().fit_transform(side_by_side))
+    np.testing.assert_allclose(prep.transform(features), reference, atol=1e-4)
+    with pytest.raises(UserError, match="'L6_mean' is missing"):
+        prep.transform({"L3_last": features["L3_last"], "L9_mean": features["L6_mean"]})

@@ -18,7 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ray_router.data.importers import QueryRows, merge_duplicate_ids, numeric_column, require_columns, rows_to_dataset
+from ray_router.data.importers import (
+    QueryRows,
+    merge_duplicate_ids,
+    numeric_column,
+    require_columns,
+    rows_to_dataset,
+)
 from ray_router.data.importers.token_count import TOKENIZER_NAME, count_tokens
 from ray_router.data.routing_dataset import RoutingDataset, Target
 from ray_router.errors import UserError
