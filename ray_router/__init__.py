@@ -20,7 +20,7 @@ _PUBLIC = {
     # the router contract and the routers that satisfy it
     "ProbaRouter": "ray_router.model.proba_router",
     "SharedTrunkRouter": "ray_router.model.trunk_router",
-    "KnnRouter": "ray_router.evaluation.baselines",
+    "KnnRouter": "ray_router.model.knn_router",
     "TaskLabelRouter": "ray_router.evaluation.baselines",
     # the pipeline: data -> features -> router -> evaluation, and batch routing
     "RoutingDataset": "ray_router.data.routing_dataset",

@@ -23,7 +23,8 @@ from ray_router.features.feature_encoder import FeatureEncoder
 from ray_router.features.prefill_encoder import resolve_schema
 from ray_router.features.schema import EncoderConfig, Features, FeatureSchema
 from ray_router.model.bundle import RouterManifest, read_bundle, write_bundle
-from ray_router.model.trunk_router import SharedTrunkRouter
+from ray_router.model.calibration import calibrate
+from ray_router.model.proba_router import ProbaRouter
 from ray_router.policy.config import PolicyConfig, merge_policy
 from ray_router.policy.policies import route as apply_policy
 
@@ -55,7 +56,7 @@ class Decisions:
 class Router:
     """A trained router: prompts or features in, per-target probabilities and routing decisions out."""
 
-    def __init__(self, manifest: RouterManifest, model: SharedTrunkRouter):
+    def __init__(self, manifest: RouterManifest, model: ProbaRouter):
         self.manifest = manifest
         self.model = model
         self._encoder: FeatureEncoder | None = None
@@ -99,11 +100,14 @@ class Router:
 
     # -- features -> decisions -------------------------------------------------------------------
     def predict_proba(self, features: Features) -> np.ndarray:
-        """(n, K) probability of a correct answer per target, for features {key: (n, d)}."""
+        """(n, K) probability of a correct answer per target, for features {key: (n, d)}: the head's, calibrated
+        by the per-target temperatures fitted on the holdout when the bundle has them."""
         missing = [k for k in self.required_keys if k not in features]
         if missing:
             raise UserError(f"the router needs the features {missing}; got {sorted(features)}")
-        return self.model.predict_proba(features)
+        proba = self.model.predict_proba(features)
+        temperatures = self.manifest.temperatures
+        return proba if temperatures is None else calibrate(proba, np.asarray(temperatures))
 
     def expected_cost(self, prompts: list[str]) -> np.ndarray:
         """(n, K) expected USD per query and target (see CostModel)."""

@@ -16,8 +16,9 @@ from ray_router.evaluation.job import BASELINES
               help="Comma-separated: knn, semantic-trunk, task-label, all or none.")
 @click.option("--semantic-features", default=None,
               help="Feature folder for all-MiniLM-L6-v2 embeddings (default OUT/semantic_features; extracted if missing).")
-@click.option("--policy", type=click.Choice(["tolerance", "utility"]), default="tolerance", show_default=True,
-              help="The policy whose parameter is swept for the cost-accuracy curves.")
+@click.option("--policy", type=click.Choice(["tolerance", "utility", "anchored"]), default="tolerance",
+              show_default=True, help="The policy whose parameter is swept for the cost-accuracy curves "
+              "(anchored: anchor and margin fitted on each router's validation rows, then tau swept).")
 @click.option("--local", is_flag=True, help="Train the semantic baseline in this process instead of Ray Train.")
 @ray_address_option
 def evaluate(bundle, data, features, out, baselines, semantic_features, policy, local, address):

@@ -17,12 +17,15 @@ from ray_router.cli.options import (
 @click.option("--input", "input_path", required=True,
               help="Queries: a .parquet, .jsonl or .csv file or a folder of them (local path or cloud URI).")
 @click.option("--out", required=True, help="Decision folder (local path or cloud URI); reruns resume into it.")
-@click.option("--policy", "kind", type=click.Choice(["tolerance", "argmax", "utility", "budget"]), default=None,
-              help="Default: the bundle's default policy.")
+@click.option("--policy", "kind", type=click.Choice(["tolerance", "argmax", "utility", "budget", "anchored"]),
+              default=None, help="Default: the bundle's default policy.")
 @click.option("--tau", type=float, default=None, help="tolerance: probability given up for a cheaper target.")
 @click.option("--lam", type=float, default=None,
               help="utility: weight of normalised cost; budget: the lambda fitted on validation (required).")
 @click.option("--budget", type=float, default=None, help="budget: mean cost per query (USD), with its fitted --lam.")
+@click.option("--anchor", default=None, help="anchored: the target to stay on (fitted on validation: the best single).")
+@click.option("--margin", type=float, default=None,
+              help="anchored: probability advantage another target needs to be chosen instead (fitted on validation).")
 @click.option("--allowed", default=None, help="Comma-separated targets that may be chosen (default: all).")
 @click.option("--prompt-col", default="prompt", show_default=True, help="Column holding the prompt text.")
 @click.option("--id-col", default=None,
@@ -32,15 +35,15 @@ from ray_router.cli.options import (
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N queries of the input.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @ray_address_option
-def route(bundle, input_path, out, kind, tau, lam, budget, allowed, prompt_col, id_col, batch_size, concurrency,
-          num_gpus_per_worker, cpus_per_worker, limit, as_json, address):
+def route(bundle, input_path, out, kind, tau, lam, budget, anchor, margin, allowed, prompt_col, id_col, batch_size,
+          concurrency, num_gpus_per_worker, cpus_per_worker, limit, as_json, address):
     """Route every query of INPUT with the router BUNDLE; decisions and a summary go to OUT (resumable)."""
     from dataclasses import asdict
 
     from ray_router.batch.routing import route_queries
     from ray_router.batch.summary import format_summary
 
-    given = {"kind": kind, "tau": tau, "lam": lam, "budget": budget,
+    given = {"kind": kind, "tau": tau, "lam": lam, "budget": budget, "anchor": anchor, "margin": margin,
              "allowed": [a.strip() for a in allowed.split(",") if a.strip()] if allowed is not None else None}
     result = route_queries(
         bundle, input_path, out, {k: v for k, v in given.items() if v is not None},

@@ -56,8 +56,12 @@ def train(data, features, out, scan, config_path, local, address):
     router = train_router(data, list(features), out, scan=list(scan) or None, config=config, use_ray=not local)
     summary = router.manifest.validation
     auc = summary.holdout_mean_auc
+    members = f", {len(summary.kept_members)} members kept of {len(summary.member_val_losses)}" \
+        if summary.member_val_losses else ""
     click.echo(
-        f"{out}: {len(router.targets)} targets, {router.manifest.n_members} members kept of "
-        f"{len(summary.member_val_losses)}, d_in {router.manifest.d_in}, "
+        f"{out}: {len(router.targets)} targets, head {router.manifest.head['kind']}{members}, "
         f"holdout mean AUC {'n/a' if auc is None else f'{auc:.3f}'} on {summary.holdout_rows} rows"
     )
+    for candidate in summary.candidates:
+        click.echo(f"  candidate {candidate['override']}: holdout log-loss {candidate['holdout_log_loss']:.4f}, "
+                   f"mean AUC {candidate['holdout_mean_auc']:.3f}" + ("  <- kept" if candidate["chosen"] else ""))

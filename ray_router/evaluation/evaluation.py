@@ -39,7 +39,13 @@ from ray_router.evaluation.baselines import (
 )
 from ray_router.model.proba_router import ProbaRouter
 from ray_router.policy.config import SWEEPABLE, PolicyConfig
-from ray_router.policy.policies import Ranking, default_sweep_values, route, sweep
+from ray_router.policy.policies import (
+    Ranking,
+    default_sweep_values,
+    fit_anchored,
+    route,
+    sweep,
+)
 
 FORMAT_VERSION = 1
 
@@ -275,6 +281,7 @@ class RouterResult:
     apgr: float | None
     operating_points: dict[str, OperatingPoint]
     test_readout: dict[str, ReadoutPoint | None]
+    swept_policy: dict  # the policy whose parameter is swept ("anchored": its anchor and margin, fitted on val)
 
 
 @dataclass(frozen=True)
@@ -451,8 +458,8 @@ def evaluate(
 
     Each router predicts on its ``X_test`` and, when ``val`` is given, on its ``X_val``: ``val`` chooses
     the operating points. ``labels_train`` chooses the always-best-single baseline (validation labels
-    when it is None; never test labels). ``policy_kind`` is "tolerance" (sweeps tau) or "utility"
-    (sweeps lambda) over ``sweep_values`` (default: policies.default_sweep_values). ``seed`` drives the
+    when it is None; never test labels). ``policy_kind`` is "tolerance" (sweeps tau), "utility"
+    (sweeps lambda) or "anchored" (anchor and margin fitted on each router's validation scores, sweeps tau) over ``sweep_values`` (default: policies.default_sweep_values). ``seed`` drives the
     random baseline and the bootstrap.
     """
     names = list(target_names)
@@ -535,16 +542,17 @@ def _evaluate_router(
     cost_range: tuple[float, float] | None,
 ) -> RouterResult:
     test = scorer.split
-    decisions = sweep(proba, test.expected, kind, values, names)
+    base = _swept_policy(kind, proba_val, val, names, name)
+    decisions = sweep(proba, test.expected, base, values, names)
     curve = test.curve(decisions, values)
     finite = _finite_points(curve)
     val_curve, operating_points = None, {}
     if proba_val is not None:
-        val_curve = val.curve(sweep(proba_val, val.expected, kind, values, names), values)
+        val_curve = val.curve(sweep(proba_val, val.expected, base, values, names), values)
         val_single = metrics.per_target_outcomes(val.labels, val.cost)
         for point, index in _readout_indices(val_curve, val_single).items():
             operating_points[point] = _operating_point(index, values, val_curve, scorer, decisions)
-    default = route(proba, test.expected, PolicyConfig(kind=kind), names)
+    default = route(proba, test.expected, base, names)
     operating_points["default"] = OperatingPoint(chosen_on="default", reached=True, parameter=_default_parameter(kind),
                                                  sweep_index=None, validation=None, test=scorer.summary(default.choice))
     return RouterResult(
@@ -557,7 +565,19 @@ def _evaluate_router(
         apgr=_apgr(curve, finite, scorer) if len(names) == 2 else None,
         operating_points=operating_points,
         test_readout=_readout(curve, scorer.single),
+        swept_policy=base.model_dump(mode="json"),
     )
+
+
+def _swept_policy(kind: str, proba_val: np.ndarray | None, val: _Split | None, names: list[str],
+                  router: str) -> PolicyConfig:
+    """The policy whose parameter is swept: the kind's defaults, or for "anchored" the anchor and margin
+    fitted on the router's validation probabilities (never on test)."""
+    if kind != "anchored":
+        return PolicyConfig(kind=kind)
+    if proba_val is None or val is None:
+        raise ValueError(f"{router}: the anchored policy is fitted on validation: give X_val and a validation split")
+    return fit_anchored(proba_val, val.labels, val.cost, names)
 
 
 def _probability_quality(proba: np.ndarray, labels: np.ndarray) -> ProbabilityQuality:
@@ -669,7 +689,8 @@ def _finite_points(curve: Curve) -> np.ndarray:
 
 
 def _default_parameter(kind: str) -> float:
-    return float(getattr(PolicyConfig(kind=kind), SWEEPABLE[kind]))
+    """The swept parameter's default: the policy's own, and 0 for "anchored" (stay on the anchor)."""
+    return 0.0 if kind == "anchored" else float(getattr(PolicyConfig(kind=kind), SWEEPABLE[kind]))
 
 
 def to_plain(value):

@@ -14,7 +14,7 @@ import numpy as np
 
 from ray_router.data.routing_dataset import RoutingDataset
 from ray_router.errors import UserError
-from ray_router.evaluation.baselines import KnnRouter, TaskLabelRouter
+from ray_router.evaluation.baselines import TaskLabelRouter
 from ray_router.evaluation.evaluation import (
     BundleInfo,
     EvaluationResults,
@@ -26,7 +26,9 @@ from ray_router.evaluation.report import write_report
 from ray_router.features.extraction import extract_features
 from ray_router.features.feature_set import FeatureSet
 from ray_router.features.schema import EncoderConfig, column_name, feature_key
+from ray_router.model.knn_router import KnnRouter
 from ray_router.model.router_training import split_for_training
+from ray_router.model.training import TrunkConfig
 from ray_router.model.trunk_router import SharedTrunkRouter
 from ray_router.router import Router
 
@@ -98,9 +100,16 @@ def run_evaluation(
                        labels_train=fit_rows.labels(), policy_kind=policy_kind)
     results.bundle = BundleInfo(path=str(bundle), feature_schema=router.schema_id,
                                 encoder=", ".join(schema.encoder for schema in router.feature_schemas),
-                                selection={b.target: b.block for b in router.manifest.blocks})
+                                selection=_trunk_head(router.manifest.head).get("blocks"))
     write_report(results, out)
     return results
+
+
+def _trunk_head(head: dict) -> dict:
+    """The description of the router's SharedTrunkNet head, or of the first one it stacks ({}: none)."""
+    if head.get("kind") == "trunk":
+        return head
+    return next((found for part in head.get("parts", []) if (found := _trunk_head(part))), {})
 
 
 def _semantic_routers(router: Router, semantic: FeatureSet, baselines, fit_rows: RoutingDataset,
@@ -117,7 +126,9 @@ def _semantic_routers(router: Router, semantic: FeatureSet, baselines, fit_rows:
         routers.append(RouterInput(f"semantic kNN (k={knn.k_})", knn, embed(test_rows)[SEMANTIC_KEY],
                                    embed(val_rows)[SEMANTIC_KEY]))
     if "semantic-trunk" in baselines:
-        trunk = SharedTrunkRouter(SEMANTIC_KEY, pca_k=router.manifest.blocks[0].k, config=router.manifest.trunk,
+        recipe = _trunk_head(router.manifest.head)  # the router's own PCA size and ensemble recipe, if it has them
+        trunk = SharedTrunkRouter(SEMANTIC_KEY, pca_k=recipe["blocks"][0][1] if recipe else 100,
+                                  config=TrunkConfig.model_validate(recipe["config"]) if recipe else None,
                                   use_ray=use_ray).fit(embed(fit_rows), fit_rows.labels())
         routers.append(RouterInput("semantic SharedTrunkNet", trunk, embed(test_rows), embed(val_rows)))
     return routers

@@ -1,16 +1,16 @@
 """The router bundle: a folder that fully describes a trained router.
 
-    router.json                  RouterManifest (pydantic): format version, the feature schema of every
-                                 encoder it reads, targets, per-target (block, k), the network's input
-                                 blocks, cost model, default policy, ensemble recipe, validation summary,
-                                 creation time, data hash
-    preprocessing.safetensors    per-block scaler means/scales and PCA components
-    ensemble.safetensors         the kept ensemble members' weights (`member<i>.<param>`)
+    router.json          RouterManifest (pydantic): format version, the feature schema of every encoder it
+                         reads, targets, the head's description (its kind, blocks and parameters), the
+                         calibration, cost model, default policy, validation summary, creation time, data hash
+    head.safetensors     the head's arrays (preprocessing, network weights, neighbours, ...)
 
-No pickle: loading reads JSON and tensors only, and checks versions, shapes and the sha256 of each tensor
-file recorded in router.json. The folder may be a local path or a cloud URI; router.json is written last,
-so a bundle interrupted while being overwritten is refused, never half-loaded. `ray_router.Router` is the
-class that loads one; this module only reads and writes the files (it never imports the trainer).
+No pickle: loading reads JSON and tensors only, checks the format version and the sha256 of the tensor
+file recorded in router.json, rebuilds the head through its kind (ray_router.model.heads) and runs it once
+on a row of zeros to check its inputs and outputs. The folder may be a local path or a cloud URI;
+router.json is written last, so a bundle interrupted while being overwritten is refused, never
+half-loaded. `ray_router.Router` is the class that loads one; this module only reads and writes the files
+(it never imports the trainer).
 """
 
 from __future__ import annotations
@@ -20,52 +20,38 @@ import json
 import os
 import time
 
+import numpy as np
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from safetensors import SafetensorError
 from safetensors.numpy import load as load_numpy
 from safetensors.numpy import save as save_numpy
-from safetensors.torch import load as load_torch
-from safetensors.torch import save as save_torch
 
 from ray_router.data import storage
 from ray_router.errors import UserError, validation_message
 from ray_router.features.schema import FeatureSchema
 from ray_router.model.cost_model import CostModel
-from ray_router.model.preprocessing import BlockPreprocessor, block_keys
-from ray_router.model.training import TrunkConfig, build_model
-from ray_router.model.trunk_net import SharedTrunkNet
-from ray_router.model.trunk_router import SharedTrunkRouter
+from ray_router.model.heads import head_from_bundle
+from ray_router.model.proba_router import ProbaRouter
 from ray_router.policy.config import PolicyConfig
 
 BUNDLE_FORMAT_VERSION = 2
 MANIFEST_FILE = "router.json"
-PREPROCESSING_FILE = "preprocessing.safetensors"
-ENSEMBLE_FILE = "ensemble.safetensors"
-
-
-class InputBlock(BaseModel):
-    """A block of features reduced to k dimensions: its spec (feature keys joined by "+") and k."""
-
-    block: str
-    k: int
-
-
-class TargetBlock(InputBlock):
-    """The block one target's predictions read."""
-
-    target: str
+HEAD_FILE = "head.safetensors"
 
 
 class ValidationSummary(BaseModel):
-    """How the ensemble did: every member's validation loss, the kept ones, and the router on its holdout."""
+    """How training went: the holdout (part of the training split never trained on), the router's scores on
+    it, and every candidate configuration that was compared there."""
 
-    member_val_losses: list[float]
-    kept_members: list[int]
     holdout_fraction: float = Field(description="share of the training split held out (never trained on)")
     fit_rows: int
     holdout_rows: int
     holdout_auc: list[float | None] | None = None
     holdout_mean_auc: float | None = None
+    holdout_log_loss: float | None = None
+    member_val_losses: list[float] = Field(default_factory=list, description="trunk: every member's own loss")
+    kept_members: list[int] = Field(default_factory=list)
+    candidates: list[dict] = Field(default_factory=list, description="each candidate's overrides and holdout scores")
 
 
 class RouterManifest(BaseModel):
@@ -76,51 +62,38 @@ class RouterManifest(BaseModel):
     data_hash: str
     feature_schemas: list[FeatureSchema] = Field(min_length=1, description="one per encoder the router reads")
     targets: list[str]
-    blocks: list[TargetBlock]
-    inputs: list[InputBlock] = Field(description="the blocks the network reads, in order")
-    d_in: int
-    n_members: int
+    head: dict = Field(default_factory=dict, description="the head's description: its kind, blocks and parameters "
+                       "(written from the head with the bundle)")
+    temperatures: list[float] | None = Field(None, description="per-target calibration, fitted on the holdout")
     cost_model: CostModel
     default_policy: PolicyConfig = Field(default_factory=PolicyConfig)
-    trunk: TrunkConfig
     validation: ValidationSummary
     file_sha256: dict[str, str] = Field(default_factory=dict)  # tensor file name -> sha256 of its bytes
 
     @model_validator(mode="after")
-    def _blocks_read_known_features(self) -> RouterManifest:
+    def _consistent(self) -> RouterManifest:
         names = [schema.name for schema in self.feature_schemas]
         if len(set(names)) != len(names):
             raise ValueError(f"two feature schemas have the same encoder name: {names}")
-        if [b.target for b in self.blocks] != self.targets:
-            raise ValueError("blocks must list the targets in order, one block each")
-        inputs = {(b.block, b.k) for b in self.inputs}
-        for b in self.blocks:
-            if (b.block, b.k) not in inputs:
-                raise ValueError(f"target {b.target!r}: block {b.block!r} (k={b.k}) does not match any input block")
-        keys = {key for schema in self.feature_schemas for key in schema.keys}
-        unknown = sorted({key for b in self.inputs for key in block_keys(b.block)} - keys)
-        if unknown:
-            raise ValueError(f"blocks read features {unknown[:3]} that no feature schema has")
+        if self.temperatures is not None and len(self.temperatures) != len(self.targets):
+            raise ValueError(f"{len(self.temperatures)} temperatures for {len(self.targets)} targets")
         return self
 
 
-def write_bundle(path: str | os.PathLike, manifest: RouterManifest, model: SharedTrunkRouter) -> RouterManifest:
-    """Write the bundle folder (local path or URI): each file atomically, router.json last; returns the
-    manifest with the tensor files' sha256."""
+def write_bundle(path: str | os.PathLike, manifest: RouterManifest, model: ProbaRouter) -> RouterManifest:
+    """Write the bundle folder (local path or URI): the tensors, then router.json (with the head's description
+    and the tensor file's sha256); returns the manifest written."""
     path = os.fspath(path)
-    weights = {f"member{i}.{k}": v.detach().cpu().contiguous()
-               for i, m in enumerate(model.members_) for k, v in m.state_dict().items()}
-    files = {PREPROCESSING_FILE: save_numpy(model.preprocessor_.to_tensors()), ENSEMBLE_FILE: save_torch(weights)}
-    manifest = manifest.model_copy(
-        update={"file_sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
-    )
-    for name, data in files.items():
-        storage.write_bytes_atomic(storage.join(path, name), data)
+    description, tensors = model.to_bundle()
+    data = save_numpy({name: np.ascontiguousarray(array) for name, array in tensors.items()})
+    manifest = manifest.model_copy(update={"head": description,
+                                           "file_sha256": {HEAD_FILE: hashlib.sha256(data).hexdigest()}})
+    storage.write_bytes_atomic(storage.join(path, HEAD_FILE), data)
     storage.write_bytes_atomic(storage.join(path, MANIFEST_FILE), manifest.model_dump_json(indent=2).encode())
     return manifest
 
 
-def read_bundle(path: str | os.PathLike) -> tuple[RouterManifest, SharedTrunkRouter]:
+def read_bundle(path: str | os.PathLike) -> tuple[RouterManifest, ProbaRouter]:
     """Read and check a bundle folder; UserError naming the problem when it is not a valid one."""
     path = os.fspath(path).rstrip("/")
     manifest_file = storage.join(path, MANIFEST_FILE)
@@ -140,41 +113,35 @@ def read_bundle(path: str | os.PathLike) -> tuple[RouterManifest, SharedTrunkRou
         manifest = RouterManifest.model_validate(raw)
     except ValidationError as err:
         raise UserError(f"{manifest_file}: invalid router manifest: {validation_message(err)}") from None
-    files = {name: _read_tensor_file(path, name, manifest) for name in (PREPROCESSING_FILE, ENSEMBLE_FILE)}
     try:
-        tensors = load_numpy(files[PREPROCESSING_FILE])
-        weights = load_torch(files[ENSEMBLE_FILE])
+        tensors = load_numpy(_read_tensor_file(path, manifest))
     except (SafetensorError, ValueError) as err:
         raise UserError(f"{path}: unreadable bundle tensors ({err})") from None
     try:
-        preprocessor = BlockPreprocessor.from_tensors([(b.block, b.k) for b in manifest.inputs], tensors)
-    except (KeyError, ValueError, UserError) as err:
-        raise UserError(f"{path}/{PREPROCESSING_FILE}: does not match router.json ({err})") from None
-    if preprocessor.output_dim != manifest.d_in:
-        raise UserError(f"{path}: preprocessing gives {preprocessor.output_dim} inputs, router.json says {manifest.d_in}")
-    members = [_load_member(manifest, weights, i, path) for i in range(manifest.n_members)]
-    blocks = [(b.block, b.k) for b in manifest.blocks]
-    return manifest, SharedTrunkRouter.from_fitted(blocks, preprocessor, members, manifest.trunk)
+        model = head_from_bundle(manifest.head, tensors)
+        _check_head(model, manifest)
+    except UserError as err:
+        raise UserError(f"{manifest_file}: the head does not match its tensors or the manifest ({err})") from None
+    return manifest, model
 
 
-def _read_tensor_file(path: str, name: str, manifest: RouterManifest) -> bytes:
-    """A tensor file's bytes, checked against the sha256 that router.json records for it."""
+def _read_tensor_file(path: str, manifest: RouterManifest) -> bytes:
+    """The tensor file's bytes, checked against the sha256 that router.json records for it."""
     try:
-        data = storage.read_bytes(storage.join(path, name))
+        data = storage.read_bytes(storage.join(path, HEAD_FILE))
     except (FileNotFoundError, OSError) as err:
         raise UserError(f"{path}: unreadable bundle tensors ({err})") from None
-    expected = manifest.file_sha256.get(name)
-    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
-        raise UserError(f"{path}/{name}: does not match the sha256 in {MANIFEST_FILE} (changed or partly written)")
+    if hashlib.sha256(data).hexdigest() != manifest.file_sha256.get(HEAD_FILE):
+        raise UserError(f"{path}/{HEAD_FILE}: does not match the sha256 in {MANIFEST_FILE} (changed or partly written)")
     return data
 
 
-def _load_member(manifest: RouterManifest, weights: dict, i: int, path: str) -> SharedTrunkNet:
-    net = build_model(manifest.d_in, len(manifest.targets), manifest.trunk)
-    prefix = f"member{i}."
-    state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise UserError(f"{path}/{ENSEMBLE_FILE}: member {i} does not match router.json ({str(err).splitlines()[0]})") from None
-    return net.eval()
+def _check_head(model: ProbaRouter, manifest: RouterManifest) -> None:
+    """UserError unless the head reads only the schemas' features and gives one probability per target."""
+    width = {key: schema.hidden_size for schema in manifest.feature_schemas for key in schema.keys}
+    unknown = [key for key in model.required_keys if key not in width]
+    if unknown:
+        raise UserError(f"the head reads features {unknown[:3]} that no feature schema has")
+    shape = model.predict_proba({key: np.zeros((1, width[key]), np.float32) for key in model.required_keys}).shape
+    if shape != (1, len(manifest.targets)):
+        raise UserError(f"the head gives {shape[1]} probabilities per query for {len(manifest.targets)} targets")

@@ -5,6 +5,8 @@ All functions take plain numpy arrays: features Z of shape (n, k) (already reduc
 drops the rows whose label is unknown).
 """
 
+import math
+
 import numpy as np
 import scipy.linalg
 import scipy.stats
@@ -26,7 +28,8 @@ def reduce_features(X: np.ndarray, k: int) -> np.ndarray:
         raise ValueError(f"reduce_features needs a 2-D array with at least 2 rows, got shape {X.shape}")
     n_components = max(1, min(k, X.shape[0] - 1, X.shape[1]))
     standardised = StandardScaler().fit_transform(X)
-    return PCA(n_components=n_components, random_state=0).fit_transform(standardised)
+    with np.errstate(invalid="ignore", divide="ignore"):  # constant features: no variance to explain
+        return PCA(n_components=n_components, random_state=0).fit_transform(standardised)
 
 
 def _binary_labels(y: np.ndarray, n_rows: int) -> np.ndarray:
@@ -43,7 +46,9 @@ def fisher_separability(Z: np.ndarray, y: np.ndarray, shrinkage: float = 1e-3) -
 
     mu_c are the class means, S_W the pooled within-class covariance (scatter of both classes
     around their own means, divided by n - 2), eps = shrinkage * trace(S_W) / k. Solved with a
-    Cholesky factorisation, never an explicit inverse. Both classes need at least one row.
+    Cholesky factorisation, never an explicit inverse. Both classes need at least one row. Features
+    that do not vary within the classes (S_W = 0, e.g. the embedding of a template's fixed last token)
+    give 0 when the class means agree too, and infinity when they differ.
     """
     Z = np.asarray(Z, dtype=np.float64)
     y = _binary_labels(y, Z.shape[0])
@@ -56,6 +61,8 @@ def fisher_separability(Z: np.ndarray, y: np.ndarray, shrinkage: float = 1e-3) -
     k = Z.shape[1]
     eps = shrinkage * np.trace(pooled_cov) / k
     diff = class_means[1] - class_means[0]
+    if eps <= 0:
+        return 0.0 if np.allclose(diff, 0) else math.inf
     solution = scipy.linalg.solve(pooled_cov + eps * np.eye(k), diff, assume_a="pos")
     return float(diff @ solution)
 

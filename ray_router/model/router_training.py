@@ -1,13 +1,18 @@
-"""Training a router from files: the targets' feature blocks -> SharedTrunkRouter.fit -> a router bundle.
+"""Training a router from files: the targets' feature blocks -> a head fitted on arrays -> a router bundle.
 
 `train_router` is the one library function behind `jobs/train.py` and `ray-router train`: it reads the
 routing dataset and the feature folders (one per encoder), works out each target's block (`blocks`:
-the layer each encoder's scan selects for the target, or every layer of every encoder), fits a
-`SharedTrunkRouter` on arrays, and writes the bundle.
-A share of the training split (by a salted hash of query_id) is held out as the router's own
-validation set: it is never trained on, so evaluation can choose policy parameters on it.
+the layer each encoder's scan selects for the target, or every layer of every encoder), fits the head
+(`head`: SharedTrunkNet, logistic regression, kNN, or a stack of SharedTrunkNet and kNN), and writes the
+bundle. A share of the training split (by a salted hash of query_id) is held out as the router's own
+validation set, never trained on: the `candidates` of a config are compared there (the lowest mean
+log-loss is kept), the stack's weights and the calibration are fitted there, and evaluation chooses
+policy parameters there.
 """
 
+from __future__ import annotations
+
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -21,19 +26,20 @@ from ray_router.evaluation.metrics import roc_auc_per_target
 from ray_router.features.feature_set import FeatureSet
 from ray_router.features.schema import column_name, feature_key
 from ray_router.features.store import FeatureStore
-from ray_router.model.bundle import (
-    InputBlock,
-    RouterManifest,
-    TargetBlock,
-    ValidationSummary,
-)
+from ray_router.model.bundle import RouterManifest, ValidationSummary
+from ray_router.model.calibration import fit_temperatures
 from ray_router.model.cost_model import CostModel
+from ray_router.model.knn_router import BlockKnnRouter, mean_log_loss
 from ray_router.model.layer_scan import ScanConfig, ScanResult, scan_layers
+from ray_router.model.logistic_router import LogisticRouter
 from ray_router.model.preprocessing import block_keys, block_spec
+from ray_router.model.proba_router import ProbaRouter
 from ray_router.model.scan_files import read_scan
+from ray_router.model.stack_router import StackRouter
 from ray_router.model.training import TrainRunConfig, TrunkConfig
 from ray_router.model.trunk_router import SharedTrunkRouter
 from ray_router.policy.config import PolicyConfig
+from ray_router.policy.policies import fit_anchored
 from ray_router.router import Router
 
 HOLDOUT_SALT = "ray-router-holdout:"
@@ -50,13 +56,29 @@ class RouterTrainConfig(BaseModel):
         "side by side, or every layer of every encoder (`all_layers_pooling`), one block for all targets.")
     all_layers_pooling: Literal["mean", "last"] = Field("mean", description="The pooling of an all-layers block.")
     unique_inputs: bool = Field(False, description="The network reads each distinct block once (else one per target).")
+    head: Literal["trunk", "logistic", "knn", "stack"] = Field(
+        "trunk", description="SharedTrunkNet, per-target logistic regression, kNN on the blocks, or a stack of "
+        "SharedTrunkNet and kNN with per-target weights fitted on the holdout.")
+    logistic_c: float = Field(0.01, gt=0, description="Inverse L2 strength of the logistic head.")
+    calibrate: bool = Field(False, description="Fit per-target temperatures on the holdout (stored in the bundle).")
+    candidates: list[dict] = Field(
+        default_factory=list, description="Overrides of these fields, each trained in turn on the fit rows; the "
+        "one with the lowest holdout log-loss is kept (none: this config alone).")
     holdout_fraction: float = Field(
         0.15, ge=0, lt=1, description="Share of the training split held out for choosing policy parameters."
     )
     scan: ScanConfig = Field(default_factory=ScanConfig)
     trainer: TrunkConfig = Field(default_factory=TrunkConfig, description="The ensemble recipe (saved in the bundle).")
     run: TrainRunConfig = Field(default_factory=TrainRunConfig, description="Where training runs (not saved).")
-    default_policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    default_policy: PolicyConfig | Literal["anchored"] = Field(
+        default_factory=PolicyConfig, description='The bundle\'s default policy; "anchored": fitted on the holdout.')
+
+    def candidate(self, override: dict) -> RouterTrainConfig:
+        """This config with `override` laid over it (nested sections merged); UserError naming a bad field."""
+        try:
+            return RouterTrainConfig.model_validate(_merged(self.model_dump(exclude={"candidates"}), override))
+        except ValidationError as err:
+            raise UserError(f"candidate {override}: {validation_message(err)}") from None
 
     @classmethod
     def from_yaml(cls, path: str | None) -> "RouterTrainConfig":
@@ -117,42 +139,55 @@ def train_router(
     """Train a router on DATA's training split with the features of FEATURES (one folder, or one per encoder);
     write the bundle to OUT.
 
-    Each target's block (feature keys joined by "+") comes from `blocks`, else from `config.blocks`; for
-    "selected", per feature folder the (layer, pooling) of its scan folder in `scan` (one per feature folder,
-    in the same order), else of a layer scan run now.
+    Each target's block (feature keys joined by "+") comes from `blocks`, else from the config's `blocks`;
+    for "selected", per feature folder the (layer, pooling) of its scan folder in `scan` (one per feature
+    folder, in the same order), else of a layer scan run now. With `candidates`, each is trained and the one
+    with the lowest holdout log-loss is kept.
     """
     config = config or RouterTrainConfig()
     dataset = RoutingDataset.read(data)
     feature_set = FeatureSet.open(features)
-    blocks = blocks or target_blocks(dataset, feature_set, scan, config, use_ray)
-    _check_blocks(blocks, dataset.target_names, feature_set)
-
     fit_rows, holdout_rows = split_for_training(dataset, config.holdout_fraction)
-    specs = [blocks[t] for t in dataset.target_names]
-    model = SharedTrunkRouter(specs, config.pca_k, config.trainer, config.run, use_ray=use_ray,
-                              unique_inputs=config.unique_inputs)
-    keys = list(dict.fromkeys(key for spec in specs for key in block_keys(spec)))
-    model.fit(feature_set.load(fit_rows.query_ids, keys), fit_rows.labels())
-    holdout_auc, holdout_mean_auc = _holdout_auc(model, feature_set, holdout_rows)
+    configs = [config.candidate(override) for override in config.candidates] or [config]
+    if len(configs) > 1 and not len(holdout_rows):
+        raise UserError("comparing candidates needs holdout rows (holdout_fraction > 0)")
+    selections: dict = {}  # the layer scans, run once for all candidates
+    fitted = []
+    for candidate in configs:
+        chosen_blocks = blocks or target_blocks(dataset, feature_set, scan, candidate, use_ray, selections)
+        missing = [t for t in dataset.target_names if t not in chosen_blocks]
+        if missing:
+            raise UserError(f"no feature block for targets {missing[:3]}")
+        specs = [chosen_blocks[t] for t in dataset.target_names]
+        _check_blocks(specs, feature_set)
+        keys = list(dict.fromkeys(key for spec in specs for key in block_keys(spec)))
+        model = _fit_head(candidate, specs, use_ray, feature_set.load(fit_rows.query_ids, keys), fit_rows.labels(),
+                          feature_set.load(holdout_rows.query_ids, keys), holdout_rows.labels())
+        fitted.append((model, _holdout_scores(model, feature_set, holdout_rows)))
+    chosen = min(range(len(fitted)), key=lambda i: (fitted[i][1].get("holdout_log_loss", math.inf), i))
+    model, scores = fitted[chosen]
+    holdout_proba = None
+    if len(holdout_rows):
+        holdout_proba = model.predict_proba(feature_set.load(holdout_rows.query_ids, model.required_keys))
+    temperatures = None
+    if configs[chosen].calibrate and holdout_proba is not None:
+        temperatures = fit_temperatures(holdout_proba, holdout_rows.labels()).tolist()
+    cost_model = CostModel.fit(fit_rows)
     manifest = RouterManifest(
         data_hash=dataset.content_hash(),
         feature_schemas=feature_set.schemas,
         targets=dataset.target_names,
-        blocks=[TargetBlock(target=t, block=spec, k=k) for t, (spec, k) in zip(dataset.target_names, model.blocks_)],
-        inputs=[InputBlock(block=spec, k=k) for spec, k in model.inputs_],
-        d_in=model.preprocessor_.output_dim,
-        n_members=len(model.members_),
-        cost_model=CostModel.fit(fit_rows),
-        default_policy=config.default_policy,
-        trunk=config.trainer,
+        temperatures=temperatures,
+        cost_model=cost_model,
+        default_policy=_default_policy(configs[chosen], holdout_proba, holdout_rows, cost_model),
         validation=ValidationSummary(
-            member_val_losses=model.ensemble_.val_losses,
-            kept_members=model.ensemble_.kept,
             holdout_fraction=config.holdout_fraction,
             fit_rows=len(fit_rows),
             holdout_rows=len(holdout_rows),
-            holdout_auc=holdout_auc,
-            holdout_mean_auc=holdout_mean_auc,
+            **scores,
+            **_trunk_losses(model),
+            candidates=[{"override": override, "chosen": i == chosen, **fitted[i][1]}
+                        for i, override in enumerate(config.candidates)],
         ),
     )
     router = Router(manifest, model)
@@ -160,9 +195,61 @@ def train_router(
     return router
 
 
+def _fit_head(config: RouterTrainConfig, specs: list[str], use_ray: bool, X, Y, X_val, Y_val) -> ProbaRouter:
+    """The head of `config` on the targets' blocks, fitted on (X, Y); kNN (alone or stacked) chooses its k,
+    and the stack its weights, on the holdout (X_val, Y_val)."""
+
+    def trunk() -> SharedTrunkRouter:
+        return SharedTrunkRouter(specs, config.pca_k, config.trainer, config.run, use_ray=use_ray,
+                                 unique_inputs=config.unique_inputs)
+
+    def knn() -> BlockKnnRouter:  # one neighbour space: every feature the targets' blocks read
+        return BlockKnnRouter(block_spec(dict.fromkeys(key for spec in specs for key in block_keys(spec))),
+                              pca_k=config.pca_k)
+
+    if config.head == "trunk":
+        return trunk().fit(X, Y)
+    if config.head == "logistic":
+        return LogisticRouter(specs, config.pca_k, config.logistic_c).fit(X, Y)
+    if not len(Y_val):
+        raise UserError(f"the {config.head} head chooses its parameters on holdout rows (holdout_fraction > 0)")
+    head = knn() if config.head == "knn" else StackRouter([trunk(), knn()])
+    return head.fit(X, Y, X_val, Y_val)
+
+
+def _default_policy(config: RouterTrainConfig, holdout_proba: np.ndarray | None, holdout: RoutingDataset,
+                    cost_model: CostModel) -> PolicyConfig:
+    """The config's default policy; "anchored" is fitted on the router's holdout probabilities."""
+    if config.default_policy != "anchored":
+        return config.default_policy
+    if holdout_proba is None:
+        raise UserError("an anchored default policy is fitted on holdout rows (holdout_fraction > 0)")
+    expected = cost_model.expected_cost(holdout.prompts)
+    true_cost = np.where(np.isnan(holdout.costs()), expected, holdout.costs())
+    return fit_anchored(holdout_proba, holdout.labels(), true_cost, holdout.target_names)
+
+
+def _trunk_losses(model: ProbaRouter) -> dict:
+    """The members' own validation losses and the kept ones, when the head is (or stacks) a trained trunk."""
+    parts = [model, *getattr(model, "parts_", [])]
+    trunk = next((m for m in parts if isinstance(m, SharedTrunkRouter) and m.ensemble_ is not None), None)
+    return {} if trunk is None else {"member_val_losses": trunk.ensemble_.val_losses,
+                                     "kept_members": trunk.ensemble_.kept}
+
+
+def _merged(base: dict, override: dict) -> dict:
+    """`override` laid over `base`, nested dicts merged key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = _merged(base[key], value) if nested else value
+    return merged
+
+
 def target_blocks(dataset: RoutingDataset, feature_set: FeatureSet, scan: str | Sequence[str] | None,
-                  config: RouterTrainConfig, use_ray: bool) -> dict[str, str]:
-    """Each target's block spec by `config.blocks` (see train_router)."""
+                  config: RouterTrainConfig, use_ray: bool, selections: dict | None = None) -> dict[str, str]:
+    """Each target's block spec by `config.blocks` (see train_router); `selections` caches the layer scans
+    (by scan config) across calls."""
     if config.blocks == "all-layers":
         pooling = config.all_layers_pooling
         keys = [feature_key(s.name, column_name(layer, pooling)) for s in feature_set.schemas for layer in s.layers
@@ -174,31 +261,32 @@ def target_blocks(dataset: RoutingDataset, feature_set: FeatureSet, scan: str | 
     if scans and len(scans) != len(feature_set.stores):
         raise UserError(f"give one scan folder per feature folder: {len(scans)} scans, "
                         f"{len(feature_set.stores)} feature folders")
-    selections = [read_scan(path).selection for path in scans] or [
-        run_scan(dataset, store, config.scan, use_ray).selection for store in feature_set.stores]
-    for store, selection, path in zip(feature_set.stores, selections, scans or [None] * len(selections)):
-        _check_selection(selection, dataset.target_names, store, path)
+    cache = {} if selections is None else selections
+    key = config.scan.model_dump_json()
+    if key not in cache:
+        cache[key] = [read_scan(path).selection for path in scans] or [
+            run_scan(dataset, store, config.scan, use_ray).selection for store in feature_set.stores]
+        for store, selection, path in zip(feature_set.stores, cache[key], scans or [None] * len(feature_set.stores)):
+            _check_selection(selection, dataset.target_names, store, path)
     return {t: block_spec(feature_key(store.schema.name, column_name(*selection[t]))
-                          for store, selection in zip(feature_set.stores, selections))
+                          for store, selection in zip(feature_set.stores, cache[key]))
             for t in dataset.target_names}
 
 
-def _holdout_auc(model: SharedTrunkRouter, feature_set: FeatureSet,
-                 holdout: RoutingDataset) -> tuple[list[float | None] | None, float | None]:
-    """Per-target ROC-AUC of the router on its holdout rows (None where undefined) and their mean."""
+def _holdout_scores(model: ProbaRouter, feature_set: FeatureSet, holdout: RoutingDataset) -> dict:
+    """The router's per-target ROC-AUC on its holdout rows (None where undefined), their mean, and the mean
+    log-loss; empty without holdout rows."""
     if not len(holdout):
-        return None, None
-    auc = roc_auc_per_target(model.predict_proba(feature_set.load(holdout.query_ids, model.required_keys)),
-                             holdout.labels())
-    mean = float(np.nanmean(auc)) if np.isfinite(auc).any() else None
-    return [None if np.isnan(a) else float(a) for a in auc], mean
+        return {}
+    proba = model.predict_proba(feature_set.load(holdout.query_ids, model.required_keys))
+    auc = roc_auc_per_target(proba, holdout.labels())
+    return {"holdout_auc": [None if np.isnan(a) else float(a) for a in auc],
+            "holdout_mean_auc": float(np.nanmean(auc)) if np.isfinite(auc).any() else None,
+            "holdout_log_loss": mean_log_loss(proba, holdout.labels())}
 
 
-def _check_blocks(blocks: dict[str, str], targets: list[str], feature_set: FeatureSet) -> None:
-    missing = [t for t in targets if t not in blocks]
-    if missing:
-        raise UserError(f"no feature block for targets {missing[:3]}")
-    unknown = sorted({key for spec in blocks.values() for key in block_keys(spec)} - set(feature_set.keys))
+def _check_blocks(specs: list[str], feature_set: FeatureSet) -> None:
+    unknown = sorted({key for spec in specs for key in block_keys(spec)} - set(feature_set.keys))
     if unknown:
         raise UserError(f"the blocks read features {unknown[:3]} that the feature folders do not hold")
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar, Literal
 
 import numpy as np
+import pydantic
+import torch
 
-from ray_router.errors import UserError
+from ray_router.errors import UserError, validation_message
 from ray_router.features.schema import Features
 from ray_router.model.preprocessing import Block, BlockPreprocessor, block_keys
 from ray_router.model.training import (
@@ -14,9 +17,22 @@ from ray_router.model.training import (
     TrainRunConfig,
     TrunkConfig,
     build_members,
+    build_model,
     fit_ensemble,
 )
 from ray_router.model.trunk_net import SharedTrunkNet, ensemble_proba
+
+
+class TrunkHead(pydantic.BaseModel):
+    """How a bundle describes a fitted SharedTrunkRouter (its arrays are in the bundle's tensors)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    kind: Literal["trunk"] = "trunk"
+    blocks: list[tuple[str, int]] = pydantic.Field(description="per target: (block spec, k)")
+    inputs: list[tuple[str, int]] = pydantic.Field(description="the blocks the network reads, in order")
+    config: TrunkConfig
+    n_members: int = pydantic.Field(ge=1)
 
 
 class SharedTrunkRouter:
@@ -33,6 +49,8 @@ class SharedTrunkRouter:
     `preprocessor_`, `members_` (the kept SharedTrunkNets, eval mode) and `ensemble_` (validation losses,
     kept seeds, curves; None for a router loaded from a bundle).
     """
+
+    kind: ClassVar[str] = "trunk"
 
     def __init__(
         self,
@@ -81,16 +99,46 @@ class SharedTrunkRouter:
         """The features the fitted router reads, each once."""
         return list(dict.fromkeys(key for spec, _ in self.blocks_ for key in block_keys(spec)))
 
+    def to_bundle(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The fitted router as a JSON-able description (TrunkHead) and numpy tensors: the preprocessor's
+        (prefixed "pre/") and each kept member's weights ("member<i>/<parameter>")."""
+        description = TrunkHead(blocks=self.blocks_, inputs=self.inputs_, config=self.config,
+                                n_members=len(self.members_))
+        tensors = {f"pre/{name}": array for name, array in self.preprocessor_.to_tensors().items()}
+        tensors |= {f"member{i}/{name}": value.detach().cpu().numpy()
+                    for i, member in enumerate(self.members_) for name, value in member.state_dict().items()}
+        return description.model_dump(mode="json"), tensors
+
     @classmethod
-    def from_fitted(cls, blocks: list[Block], preprocessor: BlockPreprocessor, members: list[SharedTrunkNet],
-                    config: TrunkConfig) -> SharedTrunkRouter:
-        """A fitted router from stored state (a router bundle); `preprocessor.blocks` are its inputs."""
-        router = cls([spec for spec, _ in blocks], config=config,
-                     unique_inputs=preprocessor.blocks != blocks)
-        router._set_fitted(blocks, preprocessor, members, None)
+    def from_bundle(cls, description: dict, tensors: dict[str, np.ndarray]) -> SharedTrunkRouter:
+        """The fitted router `to_bundle` described; UserError naming what does not match."""
+        try:
+            head = TrunkHead.model_validate(description)
+        except pydantic.ValidationError as err:
+            raise UserError(f"invalid trunk head: {validation_message(err)}") from None
+        try:
+            preprocessor = BlockPreprocessor.from_tensors(
+                head.inputs, {name[4:]: array for name, array in tensors.items() if name.startswith("pre/")})
+        except (KeyError, ValueError, UserError) as err:
+            raise UserError(f"the preprocessing tensors do not match the trunk head ({err})") from None
+        members = [_member(head, preprocessor.output_dim, tensors, i) for i in range(head.n_members)]
+        router = cls([spec for spec, _ in head.blocks], config=head.config, unique_inputs=head.inputs != head.blocks)
+        router._set_fitted([tuple(b) for b in head.blocks], preprocessor, members, None)
         return router
 
     def _set_fitted(self, blocks: list[Block], preprocessor: BlockPreprocessor, members: list[SharedTrunkNet],
                     ensemble: EnsembleResult | None) -> None:
         self.blocks_, self.inputs_ = blocks, preprocessor.blocks
         self.preprocessor_, self.members_, self.ensemble_ = preprocessor, members, ensemble
+
+
+def _member(head: TrunkHead, d_in: int, tensors: dict[str, np.ndarray], i: int) -> SharedTrunkNet:
+    """Ensemble member `i`, rebuilt from its tensors."""
+    net = build_model(d_in, len(head.blocks), head.config)
+    prefix = f"member{i}/"
+    state = {name[len(prefix):]: torch.from_numpy(array) for name, array in tensors.items() if name.startswith(prefix)}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise UserError(f"member {i} does not match the trunk head ({str(err).splitlines()[0]})") from None
+    return net.eval()

@@ -13,9 +13,9 @@ import pydantic
 
 from ray_router.errors import validated
 
-PolicyKind = Literal["argmax", "tolerance", "utility", "budget"]
-SWEEPABLE = {"tolerance": "tau", "utility": "lam"}
-PARAMETERS = ("tau", "lam", "budget")
+PolicyKind = Literal["argmax", "tolerance", "utility", "budget", "anchored"]
+SWEEPABLE = {"tolerance": "tau", "utility": "lam", "anchored": "tau"}
+PARAMETERS = ("tau", "lam", "budget", "anchor", "margin")
 
 
 class PolicyConfig(pydantic.BaseModel):
@@ -27,16 +27,31 @@ class PolicyConfig(pydantic.BaseModel):
       to [0, 1] per query over the allowed targets (cheapest 0, most expensive 1).
     - ``budget``: ``utility`` with the ``lam`` fitted on validation data by ``fit_budget_lambda`` so that
       the mean cost per query stays <= ``budget``; ``lam`` must be given explicitly for this kind.
+    - ``anchored``: the ``anchor`` target (the best single target on validation) unless another target's p
+      beats the anchor's by more than ``margin`` (then the highest p); with ``tau`` > 0 (default 0 for this
+      kind), the cheapest target whose p is at most ``tau`` below the anchor's. ``anchor`` and ``margin`` are fitted on validation data
+      by ``fit_anchored``, so that at tau = 0 validation accuracy is never below the anchor's.
     ``allowed`` restricts every policy to a subset of target names (None: all targets).
     """
 
-    model_config = pydantic.ConfigDict(extra="forbid")
+    model_config = pydantic.ConfigDict(extra="forbid", ser_json_inf_nan="strings")
 
     kind: PolicyKind = "tolerance"
     tau: float = pydantic.Field(0.20, ge=0, description="tolerance: max probability given up for cost")
     lam: float = pydantic.Field(0.20, ge=0, description="utility/budget: weight of normalised cost")
     budget: float | None = pydantic.Field(None, gt=0, description="budget: mean cost per query")
+    anchor: str | None = pydantic.Field(None, description="anchored: the target to stay on")
+    margin: float | None = pydantic.Field(
+        None, ge=0, description="anchored: probability advantage needed to leave the anchor (None: never)")
     allowed: list[str] | None = None
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _anchored_stays_by_default(cls, data: object) -> object:
+        """tau defaults to 0 for ``anchored`` (stay on the anchor), 0.2 for ``tolerance``."""
+        if isinstance(data, dict) and data.get("kind") == "anchored" and "tau" not in data:
+            data = {**data, "tau": 0.0}
+        return data
 
     @pydantic.field_validator("allowed")
     @classmethod
@@ -59,6 +74,8 @@ class PolicyConfig(pydantic.BaseModel):
                 raise ValueError(
                     "kind 'budget' needs lam fitted on validation data (fit_budget_lambda(...).lam)"
                 )
+        if self.kind == "anchored" and self.anchor is None:
+            raise ValueError("kind 'anchored' needs anchor (and margin) fitted on validation data (fit_anchored)")
         return self
 
     @classmethod

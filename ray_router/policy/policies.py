@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ray_router.errors import UserError
-from ray_router.policy.config import SWEEPABLE, PolicyConfig
+from ray_router.policy.config import SWEEPABLE, PolicyConfig, merge_policy
 
 # Absolute slack on "p >= max p - tau": 0.9 - 0.2 is 0.7000000000000001 in floating point, and a
 # target at exactly p = 0.7 must count as within tau.
@@ -78,6 +78,9 @@ def route(
         keys = (-p, cost)
     elif config.kind == "tolerance":
         keys = _tolerance_keys(p, cost, allowed, config.tau)
+    elif config.kind == "anchored":
+        margin = math.inf if config.margin is None else config.margin
+        keys = _anchored_keys(p, cost, allowed, _anchor_index(config.anchor, target_names), margin, config.tau)
     else:
         keys = _utility_keys(p, cost, allowed, config.lam)
     return _rank(keys, allowed)
@@ -86,27 +89,25 @@ def route(
 def sweep(
     proba: np.ndarray,
     expected_cost: np.ndarray,
-    kind: str,
+    base: PolicyConfig,
     values: np.ndarray,
     target_names: list[str],
-    allowed: list[str] | None = None,
 ) -> list[Ranking]:
-    """One decision per parameter value, for cost-accuracy curves: tau for ``tolerance``, lambda for
-    ``utility``. (``budget`` is ``utility`` with a fitted lambda, so its curve is the utility curve.)"""
-    if kind not in SWEEPABLE:
-        raise UserError(f"cannot sweep policy {kind!r}: choose one of {', '.join(SWEEPABLE)}")
-    configs = [
-        PolicyConfig.from_user(kind=kind, allowed=allowed, **{SWEEPABLE[kind]: float(value)})
-        for value in np.asarray(values, dtype=float)
-    ]
+    """One ranking per value of `base`'s swept parameter, for cost-accuracy curves: tau for ``tolerance``
+    and ``anchored``, lambda for ``utility``. (``budget`` is ``utility`` with a fitted lambda, so its
+    curve is the utility curve.)"""
+    if base.kind not in SWEEPABLE:
+        raise UserError(f"cannot sweep policy {base.kind!r}: choose one of {', '.join(SWEEPABLE)}")
+    parameter = SWEEPABLE[base.kind]
+    configs = [merge_policy(base, {parameter: float(value)}) for value in np.asarray(values, dtype=float)]
     return [route(proba, expected_cost, config, target_names) for config in configs]
 
 
 def default_sweep_values(kind: str) -> np.ndarray:
     """A parameter grid spanning a policy's whole cost range: tau in [0, 1] by 0.025 for
-    ``tolerance`` (tau = 1 is always the cheapest); lambda = 0, 1e-3 ... 1e3 (log-spaced), inf for
-    ``utility``."""
-    if kind == "tolerance":
+    ``tolerance`` and ``anchored`` (tau = 1 is always the cheapest); lambda = 0, 1e-3 ... 1e3
+    (log-spaced), inf for ``utility``."""
+    if kind in ("tolerance", "anchored"):
         return np.linspace(0.0, 1.0, 41)
     if kind == "utility":
         return np.concatenate([[0.0], np.logspace(-3, 3, 61), [math.inf]])
@@ -194,6 +195,64 @@ def _tolerance_keys(
     best = np.where(allowed, p, -np.inf).max(axis=1, keepdims=True)
     within = p >= best - tau - TOLERANCE_SLACK
     return ~within, np.where(within, cost, -p), np.where(within, -p, cost)
+
+
+def _anchor_index(anchor: str, target_names: list[str]) -> int:
+    if anchor not in target_names:
+        raise UserError(f"anchor {anchor!r} is not one of this router's targets: {', '.join(target_names)}")
+    return target_names.index(anchor)
+
+
+def _anchored_keys(
+    p: np.ndarray, cost: np.ndarray, allowed: np.ndarray, anchor: int, margin: float, tau: float
+) -> tuple[np.ndarray, ...]:
+    """Where an allowed target's p beats the anchor's by more than `margin`: highest p first (then cost).
+    Elsewhere the anchor first, or with tau > 0 the cheapest target with p >= anchor's p - tau (then the
+    others by p). An anchor that is not allowed is replaced, per query, by the allowed target of highest p."""
+    best = np.where(allowed, p, -np.inf).max(axis=1)
+    p_anchor = p[:, anchor] if allowed[anchor] else best
+    jump = (best - p_anchor > margin)[:, None]
+    if tau > 0:
+        within = p >= p_anchor[:, None] - tau - TOLERANCE_SLACK
+    else:
+        within = p == p_anchor[:, None] if not allowed[anchor] else np.arange(p.shape[1]) == anchor
+        within = np.broadcast_to(within, p.shape)
+    stay = (~within, np.where(within, cost, -p), np.where(within, -p, cost))
+    move = (np.zeros_like(within), -p, cost)
+    return tuple(np.where(jump, m, s) for m, s in zip(move, stay))
+
+
+def fit_anchored(
+    proba_val: np.ndarray,
+    labels_val: np.ndarray,
+    cost_val: np.ndarray,
+    target_names: list[str],
+    *,
+    allowed: list[str] | None = None,
+    margins: np.ndarray | None = None,
+) -> PolicyConfig:
+    """The anchored policy fitted on validation data: the anchor is the most accurate allowed target on
+    `labels_val` (ties: the cheaper on `cost_val`), the margin the one of `margins` (default 0 to 0.5 by 0.01,
+    and infinity) with the highest validation accuracy at tau = 0, the larger on ties. Infinity keeps the
+    anchor on every query, so the fitted policy is never below the anchor's validation accuracy."""
+    p, cost = _checked_inputs(proba_val, cost_val, target_names)
+    labels = np.asarray(labels_val, dtype=float)
+    known = ~np.isnan(labels)
+    accuracy = np.where(known, labels, 0).sum(axis=0) / np.maximum(known.sum(axis=0), 1)
+    accuracy = np.where(allowed_mask(target_names, allowed) & known.any(axis=0), accuracy, -np.inf)
+    total = np.where(np.isnan(labels), 0, cost).sum(axis=0)
+    anchor = int(np.lexsort((np.arange(len(target_names)), total, -accuracy))[0])
+    grid = np.concatenate([np.linspace(0, 0.5, 51), [math.inf]]) if margins is None else np.asarray(margins, float)
+    rows = np.arange(p.shape[0])
+
+    def accuracy_at(margin: float) -> float:
+        config = PolicyConfig(kind="anchored", anchor=target_names[anchor], margin=margin, tau=0.0, allowed=allowed)
+        chosen = labels[rows, route(p, cost, config, target_names).choice]
+        return float(np.nanmean(chosen)) if np.isfinite(chosen).any() else -math.inf
+
+    scores = [accuracy_at(margin) for margin in grid]
+    margin = max(zip(scores, grid))[1]
+    return PolicyConfig(kind="anchored", anchor=target_names[anchor], margin=float(margin), tau=0.0, allowed=allowed)
 
 
 def _utility_keys(

@@ -26,10 +26,12 @@ class RoutingOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    policy: Literal["argmax", "tolerance", "utility", "budget"] | None = None
+    policy: Literal["argmax", "tolerance", "utility", "budget", "anchored"] | None = None
     tau: float | None = None
     lam: float | None = None
     budget: float | None = None
+    anchor: str | None = None
+    margin: float | None = None
     allowed: list[str] | None = None
 
     def overrides(self) -> dict:

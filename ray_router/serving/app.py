@@ -168,7 +168,7 @@ class Ingress:
             decisions, latency = await self._decide("route", prompts, policy)
             for decision in decisions:
                 self.metrics.answered("route", decision["target"])
-            return {"decisions": decisions, "policy": policy.model_dump(), "feature_schema": self.schema_id,
+            return {"decisions": decisions, "policy": policy.model_dump(mode="json"), "feature_schema": self.schema_id,
                     "latency_ms": latency}
 
         return await self._respond("route", request, work)
@@ -183,7 +183,7 @@ class Ingress:
                 policy = self._policy(body.router, chat=True)
                 decisions, latency = await self._decide("chat", [prompt], policy)
                 decision = decisions[0]
-                routing = {"mode": "routed", "policy": policy.model_dump(), "feature_schema": self.schema_id,
+                routing = {"mode": "routed", "policy": policy.model_dump(mode="json"), "feature_schema": self.schema_id,
                            "decision": decision, "decision_latency_ms": latency}
                 candidates = [decision["target"], *decision["fallbacks"]]
             elif body.model in self.backends:

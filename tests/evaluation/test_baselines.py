@@ -4,15 +4,13 @@ import numpy as np
 import pytest
 
 from ray_router.evaluation.baselines import (
-    DEFAULT_K_GRID,
-    KnnRouter,
     TaskLabelRouter,
     best_single_choice,
     cheapest_choice,
-    mean_log_loss,
     random_choice,
 )
 from ray_router.evaluation.metrics import roc_auc_per_target
+from ray_router.model.knn_router import DEFAULT_K_GRID, KnnRouter, mean_log_loss
 
 NAN = np.nan
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from ray_router.evaluation.baselines import KnnRouter, TaskLabelRouter
+from ray_router.evaluation.baselines import TaskLabelRouter
 from ray_router.evaluation.evaluation import (
     MissingLabels,
     RouterInput,
@@ -16,6 +16,7 @@ from ray_router.evaluation.evaluation import (
 )
 from ray_router.evaluation.report import FILES, headline_table, write_report
 from ray_router.model.cost_model import CostModel
+from ray_router.model.knn_router import KnnRouter
 from ray_router.policy.config import PolicyConfig
 from ray_router.policy.policies import route
 
@@ -214,3 +215,20 @@ def test_evaluate_and_report_end_to_end_on_real_routerbench_labels(shared_data, 
     default = noisy.operating_points["default"].test
     assert default.n_missing_label == int(np.isnan(y_test[np.arange(len(choice)), choice]).sum())
     assert default.n_scored + default.n_missing_label == len(test)
+
+
+def test_anchored_policy_is_fitted_on_validation_and_swept_over_tau():
+    # validation: "mid" is the best single target and p says nothing; the anchored policy stays on it
+    rng = np.random.default_rng(1)
+    val_labels = np.column_stack([rng.random(80) < 0.5, rng.random(80) < 0.9, rng.random(80) < 0.2]).astype(float)
+    test_labels = np.column_stack([rng.random(60) < 0.5, rng.random(60) < 0.9, rng.random(60) < 0.2]).astype(float)
+    proba_val, proba_test = rng.random(val_labels.shape), rng.random(test_labels.shape)
+    results = evaluate([RouterInput("noise", GivenProba(), proba_test, proba_val)], NAMES,
+                       SplitData(test_labels, COST), SplitData(val_labels, COST), policy_kind="anchored", n_boot=100)
+    router = results.routers[0]
+    assert router.swept_policy["kind"] == "anchored" and router.swept_policy["anchor"] == "mid"
+    assert results.policy.parameter == "tau" and results.policy.default == 0.0
+    best = router.operating_points["best_accuracy"]
+    assert best.validation.accuracy >= val_labels[:, 1].mean()  # never below the anchor on validation
+    assert router.curve.mean_cost[-1] == COST.min()  # tau = 1: always the cheapest
+    assert results.to_json()["routers"][0]["swept_policy"]["anchor"] == "mid"

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 
 from ray_router.data.routing_dataset import RoutingDataset
-from ray_router.evaluation.baselines import KnnRouter, TaskLabelRouter
+from ray_router.evaluation.baselines import TaskLabelRouter
 from ray_router.evaluation.job import SEMANTIC_ENCODER, SEMANTIC_KEY, task_labels
 from ray_router.features.feature_encoder import FeatureEncoder
 from ray_router.features.feature_set import FeatureSet
+from ray_router.model.knn_router import KnnRouter
 from ray_router.model.proba_router import ProbaRouter
 from ray_router.model.router_training import split_for_training
 from ray_router.model.training import TrunkConfig

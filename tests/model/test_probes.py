@@ -104,3 +104,11 @@ def test_rank_auc_equals_sklearn_roc_auc_with_ties():
     y = (rng.random(500) < 0.3).astype(np.int64)
     scores = np.round(rng.normal(size=500) + y, 1)  # many tied scores
     assert _rank_auc(y, scores) == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
+
+
+def test_features_that_never_vary_separate_nothing():
+    # the embedding layer's "last" pooling of a chat template: the same token for every prompt
+    y = np.array([0, 1] * 20)
+    constant = np.ones((40, 8))
+    assert fisher_separability(reduce_features(constant, 4), y) == 0.0
+    assert fisher_separability(np.column_stack([y, y]).astype(float), y) == np.inf  # no within-class spread at all

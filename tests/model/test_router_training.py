@@ -70,7 +70,8 @@ def test_router_beats_the_constant_predictor_on_held_out_rows(bundle, small_rout
     proba = router.predict_proba(FeatureSet.open(str(small_features)).load(holdout.query_ids, router.required_keys))
     constant = np.broadcast_to(np.nanmean(fit_rows.labels(), axis=0), proba.shape)
     assert _log_loss(proba, holdout.labels()) < _log_loss(constant, holdout.labels())
-    assert router.manifest.n_members == 2 and len(router.manifest.validation.member_val_losses) == 4
+    validation = router.manifest.validation
+    assert router.manifest.head["n_members"] == 2 and len(validation.member_val_losses) == 4
 
 
 def test_bundle_round_trip_predicts_exactly_what_was_trained(small_routerbench, small_features, scan_dir, tmp_path):
@@ -86,8 +87,9 @@ def test_bundle_round_trip_predicts_exactly_what_was_trained(small_routerbench, 
 
 @pytest.mark.parametrize("tamper, message", [
     (lambda m: m.update(bundle_format_version=99), "format version 99"),
-    (lambda m: m.update(d_in=m["d_in"] + 1), "router.json"),
-    (lambda m: m["blocks"][0].update(k=3), "does not match"),
+    (lambda m: m["head"].update(n_members=m["head"]["n_members"] + 1), "router.json"),
+    (lambda m: m["head"]["inputs"][0].__setitem__(1, 3), "does not match"),
+    (lambda m: m["head"].update(kind="oracle"), "oracle"),
 ])
 def test_tampered_bundle_is_refused(bundle, tmp_path, tamper, message):
     import shutil
@@ -106,9 +108,9 @@ def test_truncated_weights_file_is_refused(bundle, tmp_path):
 
     copy = tmp_path / "copy"
     shutil.copytree(bundle, copy)
-    data = (copy / "ensemble.safetensors").read_bytes()
-    (copy / "ensemble.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(UserError, match="ensemble.safetensors: does not match the sha256"):
+    data = (copy / "head.safetensors").read_bytes()
+    (copy / "head.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="head.safetensors: does not match the sha256"):
         Router.load(copy)
 
 
@@ -119,7 +121,7 @@ def test_bundle_saves_and_loads_through_a_uri(bundle, tmp_path):
     again = Router.load(uri)
     assert again.manifest == router.manifest
     assert sorted(p.name for p in (tmp_path / "uri-bundle").iterdir()) == [
-        "ensemble.safetensors", "preprocessing.safetensors", "router.json"]
+        "head.safetensors", "router.json"]
 
 
 def test_bad_train_config_is_one_line_error(small_routerbench, small_features, tmp_path):
@@ -164,3 +166,29 @@ def test_router_json_holds_no_machine_path(small_routerbench, small_features, tm
     text = (tmp_path / "b" / "router.json").read_text()
     paths = [s for s in _strings(json.loads(text)) if os.path.isabs(s) or s.startswith("~") or "site-packages" in s]
     assert not paths and str(tmp_path) not in text and "where-it-ran" not in text
+
+
+def test_candidates_are_compared_on_the_holdout_and_every_head_round_trips(small_routerbench, small_features,
+                                                                         tmp_path):
+    config = RouterTrainConfig.model_validate({**FAST, "blocks": "all-layers", "calibrate": True,
+                                               "default_policy": "anchored", "candidates": [
+        {"head": "logistic"}, {"head": "knn"}, {"head": "stack"}, {"head": "trunk", "unique_inputs": True}]})
+    trained = train_router(str(small_routerbench), str(small_features), str(tmp_path / "b"), config=config,
+                           use_ray=False)
+    candidates = trained.manifest.validation.candidates
+    assert [c["override"]["head"] for c in candidates] == ["logistic", "knn", "stack", "trunk"]
+    kept = min(candidates, key=lambda c: c["holdout_log_loss"])
+    assert kept["chosen"] and sum(c["chosen"] for c in candidates) == 1
+    assert trained.manifest.head["kind"] == kept["override"]["head"]
+    assert trained.manifest.validation.holdout_log_loss == kept["holdout_log_loss"]
+    assert len(trained.manifest.temperatures) == len(trained.targets)  # calibrated on the holdout
+    policy = trained.default_policy
+    assert policy.kind == "anchored" and policy.anchor in trained.targets  # fitted on the holdout
+    loaded = Router.load(tmp_path / "b")
+    ids = RoutingDataset.read(small_routerbench).select(split="test").query_ids
+    features = FeatureSet.open(str(small_features)).load(ids, trained.required_keys)
+    np.testing.assert_array_equal(loaded.predict_proba(features), trained.predict_proba(features))
+    assert loaded.default_policy == policy
+    with pytest.raises(UserError, match="candidate.*heads"):
+        train_router(str(small_routerbench), str(small_features), str(tmp_path / "c"), use_ray=False,
+                     config=RouterTrainConfig.model_validate({**FAST, "candidates": [{"heads": "trunk"}]}))

@@ -9,6 +9,7 @@ from ray_router.errors import UserError
 from ray_router.policy.config import PolicyConfig, merge_policy
 from ray_router.policy.policies import (
     default_sweep_values,
+    fit_anchored,
     fit_budget_lambda,
     route,
     sweep,
@@ -155,13 +156,13 @@ def test_sweep_traces_cost_down_as_the_parameter_grows():
     names = list("abcd")
     for kind in ("tolerance", "utility"):
         values = default_sweep_values(kind)
-        decisions = sweep(proba, cost, kind, values, names)
+        decisions = sweep(proba, cost, PolicyConfig(kind=kind), values, names)
         assert len(decisions) == len(values)
         mean_costs = np.array([cost[d.choice].mean() for d in decisions])
         assert (np.diff(mean_costs) <= 1e-12).all()
         assert mean_costs[-1] == 1.0  # tau = 1 and lambda = inf: always the cheapest
     with pytest.raises(UserError, match="argmax"):
-        sweep(proba, cost, "argmax", np.array([0.0]), names)
+        sweep(proba, cost, PolicyConfig(kind="argmax"), np.array([0.0]), names)
 
 
 def test_merge_policy_lays_overrides_over_the_default():
@@ -181,3 +182,36 @@ def test_merge_policy_lays_overrides_over_the_default():
         merge_policy(budget, {"budget": 0.02})  # a lambda fitted for another budget is never reused
     with pytest.raises(UserError, match="tau"):
         merge_policy(default, {"tau": -1})
+
+
+def test_anchored_stays_on_the_anchor_unless_the_advantage_beats_the_margin():
+    never = route(PROBA, COST, PolicyConfig(kind="anchored", anchor="mid", margin=math.inf), NAMES)
+    assert never.choice.tolist() == [1, 1, 1]  # an infinite margin always picks the anchor
+    assert never.fallbacks[0].tolist() == [1, 0, 2]  # then the others by probability
+    moved = route(PROBA, COST, PolicyConfig(kind="anchored", anchor="mid", margin=0.1), NAMES)
+    assert moved.choice.tolist() == [0, 1, 1]  # row 1: big beats mid by 0.15 > 0.1; row 3: ties stay
+    cheaper = route(PROBA, COST, PolicyConfig(kind="anchored", anchor="big", margin=math.inf, tau=0.2), NAMES)
+    assert cheaper.choice.tolist() == [1, 2, 2]  # the cheapest within 0.2 of the anchor's p (row 2: 0.3 >= 0.5 - 0.2)
+    not_allowed = route(PROBA, COST, PolicyConfig(kind="anchored", anchor="big", margin=math.inf,
+                                                  allowed=["mid", "small"]), NAMES)
+    assert not_allowed.choice.tolist() == [1, 1, 2]  # the allowed target of highest p (cheaper on ties)
+    with pytest.raises(UserError, match="anchor"):
+        PolicyConfig.from_user(kind="anchored")
+    with pytest.raises(UserError, match="nobody"):
+        route(PROBA, COST, PolicyConfig(kind="anchored", anchor="nobody"), NAMES)
+
+
+def test_fit_anchored_never_loses_to_the_anchor_on_validation():
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = np.column_stack([rng.random(n) < 0.8, rng.random(n) < 0.5]).astype(float)  # "big" is the best single
+    informative = np.column_stack([np.full(n, 0.8), np.where(labels[:, 1] > labels[:, 0], 0.95, 0.3)])
+    fitted = fit_anchored(informative, labels, np.array([2.0, 1.0]), ["big", "small"])
+    assert fitted.anchor == "big" and fitted.margin < math.inf and fitted.tau == 0
+    routed = labels[np.arange(n), route(informative, np.array([2.0, 1.0]), fitted, ["big", "small"]).choice].mean()
+    assert routed > labels[:, 0].mean()  # the planted advantage is taken
+    noise = rng.random((n, 2))
+    fitted = fit_anchored(noise, labels, np.array([2.0, 1.0]), ["big", "small"])
+    routed = labels[np.arange(n), route(noise, np.array([2.0, 1.0]), fitted, ["big", "small"]).choice].mean()
+    assert routed >= labels[:, 0].mean()  # uninformative probabilities: never below the anchor
+    assert PolicyConfig.model_validate_json(fitted.model_dump_json()) == fitted  # an infinite margin round-trips
