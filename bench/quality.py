@@ -1,17 +1,22 @@
-"""Routing quality benchmark: the whole pipeline (import -> extract -> scan -> train -> evaluate) on one dataset.
+"""Routing quality benchmark: the whole pipeline on one dataset, the router chosen on validation, and an ablation.
 
-    .venv/bin/python bench/quality.py --dataset routerbench|mmlu-pro [--layers 4,8,12,16,20]
+    .venv/bin/python bench/quality.py --dataset routerbench|mmlu-pro [--encoders smollm2-135m,gemma3-270m]
         [--max-tokens 512] [--sample N] [--work build/bench/quality/<dataset>] [--out bench/results/quality-<dataset>.json]
 
-Every step is the `ray-router` command a user would run, as a subprocess; its output goes to
-<work>/<step>.log and its wall time into the result. Extraction resumes into <work>/features, so a
-rerun (or an interrupted run) only computes the missing queries. `--sample N` uses a deterministic
-sample of N queries: the whole test split, then the training queries with the smallest sha256(query_id);
-every router in the report is trained and scored on the same rows.
+Every step is the `ray-router` command a user would run, as a subprocess; its output goes to <work>/<step>.log
+and its wall time into the result. Per encoder: extraction of every layer (full depth; resumable into
+<work>/features-<encoder>) and a layer scan. Then `train` with the search config SEARCH: every candidate (head,
+blocks, PCA k, width, dropout, weight decay) is trained on the fit rows and the one with the lowest holdout
+log-loss is kept; calibration is kept when it lowers the holdout log-loss (cross-fitted). Each ABLATION row is
+the same training with one lever switched off. One `evaluate` scores them all on the same test split, with the
+anchored policy (anchor and margin fitted on each router's validation rows, tau swept), beside the semantic
+baselines; a second evaluation with the tolerance policy is the policy's ablation row. The test split is read
+only by these evaluations. `--sample N` uses a deterministic sample of N queries (the whole test split, then
+the training queries with the smallest sha256(query_id)).
 
-The result JSON holds, for the prefill router and each semantic baseline: gap closed and cost savings
-at the best-accuracy point and at the point matching the best single target, mean AUC, AIQ; and the
-layer / pooling the scan selected per target. See bench/README.md for the last figures.
+The result JSON holds per router: mean AUC, AIQ, accuracy at the best-accuracy point (Δ vs the best single
+target with its bootstrap CI, gap closed), cost savings at the point matching the best single target, ECE, and
+the paired differences of mean AUC and AIQ with the best semantic baseline. See bench/README.md.
 """
 
 import argparse
@@ -23,12 +28,39 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IMPORTS = {
     "routerbench": ["routerbench", str(SHARED / "routerbench")],
     "mmlu-pro": ["mmlu-pro", str(SHARED / "mmlu_pro"), "--prices", str(SHARED / "mmlu_pro" / "prices.csv")],
 }
+DEPTH = {"smollm2-135m": 30, "gemma3-270m": 18}  # every hidden state: the embedding output and each block
 PAPER = {"gap_closed": 0.4558, "cost_savings": 0.7431, "mean_auc_prefill": 0.856, "mean_auc_semantic": 0.804}
+# The validation search of the full router (overrides of RouterTrainConfig, see README "Training config").
+SEARCH = [
+    {},
+    {"unique_inputs": True},
+    {"blocks": "all-layers"},
+    {"blocks": "all-layers", "all_layers_pooling": "last"},
+    {"pca_k": 50},
+    {"pca_k": 200},
+    {"trainer": {"hidden": [512, 256]}},
+    {"trainer": {"dropout": [0.5, 0.4]}},
+    {"trainer": {"weight_decay": 0.001}},
+    {"head": "logistic"},
+    {"head": "knn"},
+    {"head": "stack"},
+]
+# One lever off per row: the first encoder only, the default blocks only, the SharedTrunkNet head only, no
+# hyperparameter search, no calibration.
+ABLATION = {
+    "one encoder": {},
+    "no multi-layer blocks": {"candidates": [c for c in SEARCH if "blocks" not in c]},
+    "SharedTrunkNet only": {"candidates": [c for c in SEARCH if "head" not in c]},
+    "no hyperparameter search": {"candidates": [c for c in SEARCH if not ({"pca_k", "trainer"} & set(c))]},
+    "no calibration": {"calibrate": False},
+}
 
 
 def main() -> None:
@@ -51,19 +83,42 @@ def main() -> None:
     full = work / "all.parquet"
     if not full.exists():
         run("import", "data", "import", *IMPORTS[args.dataset], "--out", str(full))
-    data = full if args.sample is None else _sample(full, args.sample, work / f"sample-{args.sample}.parquet")
-    features, scan, bundle, report = (str(work / n) for n in ("features", "scan", "router", "report"))
-    run("extract", "extract", "--data", str(data), "--encoder", args.encoder, "--layers", args.layers,
-        "--pooling", "last,mean", "--max-tokens", str(args.max_tokens), "--out", features)
-    run("scan", "scan-layers", "--data", str(data), "--features", features, "--out", scan)
-    run("train", "train", "--data", str(data), "--features", features, "--scan", scan, "--out", bundle)
-    run("evaluate", "evaluate", "--bundle", bundle, "--data", str(data), "--features", features, "--out", report)
+    data = str(full if args.sample is None else _sample(full, args.sample, work / f"sample-{args.sample}.parquet"))
+    encoders = args.encoders.split(",")
+    features, scans = [], []
+    for encoder in encoders:
+        folder, scan = str(work / f"features-{encoder}"), str(work / f"scan-{encoder}")
+        run(f"extract-{encoder}", "extract", "--data", data, "--encoder", encoder, "--layers", f"0-{DEPTH[encoder]}",
+            "--pooling", "last,mean", "--max-tokens", str(args.max_tokens), "--out", folder)
+        run(f"scan-{encoder}", "scan-layers", "--data", data, "--features", folder, "--out", scan)
+        features.append(folder)
+        scans.append(scan)
+
+    def train(name: str, override: dict, use: int) -> str:
+        config = work / f"train-{name.replace(' ', '-')}.yaml"
+        config.write_text(yaml.safe_dump({"candidates": SEARCH, **override}))
+        bundle = str(work / f"router-{name.replace(' ', '-')}")
+        options = [x for f, s in zip(features[:use], scans[:use]) for x in ("--features", f, "--scan", s)]
+        run(f"train-{name.replace(' ', '-')}", "train", "--data", data, *options, "--config", str(config),
+            "--out", bundle)
+        return bundle
+
+    main_bundle = train("full", {}, len(encoders))
+    ablations = {name: train(name, override, 1 if name == "one encoder" else len(encoders))
+                 for name, override in ABLATION.items() if name != "one encoder" or len(encoders) > 1}
+    report, tolerance = str(work / "report"), str(work / "report-tolerance")
+    feature_options = [x for f in features for x in ("--features", f)]
+    run("evaluate", "evaluate", "--bundle", main_bundle, "--data", data, *feature_options, "--out", report,
+        "--policy", "anchored", *[x for name, path in ablations.items() for x in ("--compare", f"{name}={path}")])
+    run("evaluate-tolerance", "evaluate", "--bundle", main_bundle, "--data", data, *feature_options,
+        "--out", tolerance, "--policy", "tolerance", "--baselines", "none")
 
     result = {
-        "dataset": args.dataset, "data": str(data), "encoder": args.encoder, "layers": args.layers,
-        "max_tokens": args.max_tokens, "sample": args.sample, "step_seconds": steps,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "paper": PAPER,
-        **figures(Path(report) / "metrics.json", Path(scan) / "selection.json"),
+        "dataset": args.dataset, "data": data, "encoders": encoders, "max_tokens": args.max_tokens,
+        "sample": args.sample, "step_seconds": steps, "paper": PAPER,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **figures(Path(report) / "metrics.json", Path(tolerance) / "metrics.json"),
+        "chosen": json.loads((Path(main_bundle) / "router.json").read_text())["validation"],
     }
     out = Path(args.out or f"bench/results/quality-{args.dataset}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -72,40 +127,53 @@ def main() -> None:
     print(f"wrote {out}")
 
 
-def figures(metrics_file: Path, selection_file: Path) -> dict:
-    """The benchmark's figures, read from an evaluation's metrics.json and a scan's selection.json."""
+def figures(metrics_file: Path, tolerance_file: Path) -> dict:
+    """Per router the benchmark's figures, read from the evaluations' metrics.json."""
     metrics = json.loads(metrics_file.read_text())
-    selection = json.loads(selection_file.read_text())
-    routers = {}
-    for router in metrics["routers"]:
-        points = {}
-        for point in ("best_accuracy", "match_best_single"):
-            test = router["operating_points"][point]["test"]
-            points[point] = None if test is None else {
-                k: test[k] for k in ("accuracy", "gap_closed", "cost_savings", "mean_cost")}
-        routers[router["name"]] = {"mean_auc": router["probability"]["mean_auc"], "aiq": router["aiq"], **points}
+    tolerance = json.loads(tolerance_file.read_text())["routers"][0]
+    rows = {router["name"]: _router_figures(router) for router in metrics["routers"]}
+    rows["tolerance policy"] = _router_figures(tolerance)
+    semantic = [r for r in metrics["routers"] if r["name"].startswith("semantic")]
+    best_semantic = max(semantic, key=lambda r: r["aiq"])["name"] if semantic else None
+    versus = next((c for c in metrics["comparisons"] if c["other"] == best_semantic), None)
     return {
         "n_test": metrics["data"]["n_test"],
         "reference": {k: metrics["reference"][k] for k in ("best_single", "oracle_accuracy", "most_expensive")},
-        "routers": routers,
-        "selected": {t: f"L{s['layer']} {s['pooling']}" + (" (fallback)" if s["fallback"] else "")
-                     for t, s in selection["targets"].items()},
+        "routers": rows,
+        "best_semantic": best_semantic,
+        "versus_best_semantic": versus and {"mean_auc": versus["mean_auc"], "aiq": versus["aiq"]},
+    }
+
+
+def _router_figures(router: dict) -> dict:
+    best, match = (router["operating_points"][p]["test"] for p in ("best_accuracy", "match_best_single"))
+    return {
+        "mean_auc": router["probability"]["mean_auc"], "aiq": router["aiq"], "ece": router["probability"]["ece"],
+        "best_accuracy": best and {k: best[k] for k in ("accuracy", "gap_closed", "cost_savings", "mean_cost",
+                                                      "accuracy_vs_best_single")},
+        "savings_at_best_single": None if match is None else match["cost_savings"],
     }
 
 
 def format_figures(result: dict) -> str:
-    """The figures as a Markdown table and a line of selected layers."""
-    lines = ["| router | mean AUC | AIQ | best acc. | gap closed | savings | savings at best-single acc. |",
-             "|---|---|---|---|---|---|---|"]
+    """The figures as a Markdown table, and the paired differences with the best semantic baseline."""
+    lines = ["| router | mean AUC | AIQ | best acc. | Δ vs best single [95% CI] | gap closed | savings at best-single "
+             "acc. | ECE |", "|---|---|---|---|---|---|---|---|"]
     for name, r in result["routers"].items():
-        best, match = r["best_accuracy"], r["match_best_single"]
+        best = r["best_accuracy"]
+        diff = best["accuracy_vs_best_single"]
+        savings = "not reached" if r["savings_at_best_single"] is None else f"{r['savings_at_best_single']:.1%}"
         lines.append(
-            f"| {name} | {r['mean_auc']:.3f} | {r['aiq']:.4f} | {best['accuracy']:.1%} | {best['gap_closed']:.1%} | "
-            f"{best['cost_savings']:.1%} | {'not reached' if match is None else format(match['cost_savings'], '.1%')} |")
-    counts: dict[str, int] = {}
-    for choice in result["selected"].values():
-        counts[choice] = counts.get(choice, 0) + 1
-    lines.append("selected: " + ", ".join(f"{c} x{n}" for c, n in sorted(counts.items(), key=lambda kv: -kv[1])))
+            f"| {name} | {r['mean_auc']:.3f} | {r['aiq']:.4f} | {best['accuracy']:.1%} | "
+            f"{100 * diff['difference']:+.1f} [{100 * diff['ci_low']:+.1f}, {100 * diff['ci_high']:+.1f}] | "
+            f"{best['gap_closed']:.1%} | {savings} | {r['ece']:.3f} |")
+    versus = result["versus_best_semantic"]
+    if versus:
+        lines.append("")
+        for stat, digits in (("mean_auc", 3), ("aiq", 4)):
+            d = versus[stat]
+            lines.append(f"{stat} of the prefill router minus {result['best_semantic']}: {d['difference']:+.{digits}f} "
+                         f"[{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}]")
     return "\n".join(lines)
 
 
@@ -127,13 +195,16 @@ def _sample(full: Path, n: int, out: Path) -> Path:
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=sorted(IMPORTS), required=True)
-    parser.add_argument("--encoder", default="smollm2-135m")
-    parser.add_argument("--layers", default="4,8,12,16,20")
+    parser.add_argument("--encoders", default="smollm2-135m,gemma3-270m", help="Comma-separated, the first alone "
+                        "is the one-encoder ablation.")
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--sample", type=int, default=None, help="Route a deterministic sample of N queries.")
     parser.add_argument("--work", default=None, help="Default: build/bench/quality/<dataset>.")
     parser.add_argument("--out", default=None, help="Default: bench/results/quality-<dataset>.json.")
     args = parser.parse_args()
+    unknown = sorted(set(args.encoders.split(",")) - set(DEPTH))
+    if unknown:
+        parser.error(f"unknown encoders {unknown}: choose from {', '.join(DEPTH)}")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ray_router.data.routing_dataset import RoutingDataset
+from ray_router.cli.options import key_value_pairs
 from ray_router.errors import UserError
 
 
@@ -75,16 +76,6 @@ def import_mmlu_pro_command(source: Path, out: Path, prices: Path | None):
     _finish(import_mmlu_pro(source, prices=prices), out)
 
 
-def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
-    pairs = {}
-    for value in values:
-        target, sep, column = value.partition("=")
-        if not sep or not target.strip() or not column.strip():
-            raise UserError(f"{option} expects TARGET=COLUMN, got {value!r}")
-        pairs[target.strip()] = column.strip()
-    return pairs
-
-
 @import_.command("table")
 @_SOURCE
 @_OUT
@@ -129,7 +120,7 @@ def import_table_command(
     per_target["output_tokens"] = (output_tokens, "--output-tokens")
     for key, (values, option) in per_target.items():
         if values:
-            mapping[key] = {**(mapping.get(key) or {}), **_pairs(values, option)}
+            mapping[key] = {**(mapping.get(key) or {}), **key_value_pairs(values, option, "TARGET=COLUMN")}
     where = str(mapping_file) if mapping_file else "table mapping (--prompt-col, --correct, ... or --mapping)"
     _finish(import_table(source, build_mapping(mapping, where), prices=prices), out)
 

@@ -2,7 +2,7 @@
 
 import click
 
-from ray_router.cli.options import ChoiceList, ray_address_option
+from ray_router.cli.options import ChoiceList, key_value_pairs, ray_address_option
 from ray_router.evaluation.job import BASELINES
 
 
@@ -19,9 +19,11 @@ from ray_router.evaluation.job import BASELINES
 @click.option("--policy", type=click.Choice(["tolerance", "utility", "anchored"]), default="tolerance",
               show_default=True, help="The policy whose parameter is swept for the cost-accuracy curves "
               "(anchored: anchor and margin fitted on each router's validation rows, then tau swept).")
+@click.option("--compare", multiple=True, metavar="NAME=BUNDLE",
+              help="Another router bundle trained on the same data, evaluated beside it (repeat).")
 @click.option("--local", is_flag=True, help="Train the semantic baseline in this process instead of Ray Train.")
 @ray_address_option
-def evaluate(bundle, data, features, out, baselines, semantic_features, policy, local, address):
+def evaluate(bundle, data, features, out, baselines, semantic_features, policy, compare, local, address):
     """Evaluate BUNDLE against the baselines on DATA's test split."""
     from ray_router.evaluation.job import run_evaluation
     from ray_router.evaluation.report import headline_table
@@ -30,6 +32,7 @@ def evaluate(bundle, data, features, out, baselines, semantic_features, policy, 
     chosen = BASELINES if "all" in baselines else tuple(b for b in baselines if b != "none")
     ensure_ray(address)
     results = run_evaluation(bundle, data, list(features), out, baselines=chosen, semantic_features=semantic_features,
-                             policy_kind=policy, use_ray=not local)
+                             policy_kind=policy, compare=key_value_pairs(compare, "--compare", "NAME=BUNDLE"),
+                             use_ray=not local)
     click.echo(headline_table(results))
     click.echo(f"wrote {out}/metrics.json, report.md and plots")

@@ -2,6 +2,8 @@
 
 import click
 
+from ray_router.errors import UserError
+
 
 class IntList(click.ParamType):
     """A comma-separated list of integers, e.g. `8,12,16` (ranges like `0-30` allowed)."""
@@ -76,3 +78,14 @@ def worker_resources(concurrency: int | None, num_gpus_per_worker: float | None,
     from ray_router.resources import WorkerResources
 
     return WorkerResources(num_workers=concurrency, num_gpus=num_gpus_per_worker, num_cpus=cpus_per_worker)
+
+
+def key_value_pairs(values: tuple[str, ...], option: str, form: str) -> dict[str, str]:
+    """{key: value} from an option given as KEY=VALUE, possibly repeated; UserError naming the option."""
+    pairs = {}
+    for value in values:
+        key, sep, item = value.partition("=")
+        if not sep or not key.strip() or not item.strip():
+            raise UserError(f"{option} expects {form}, got {value!r}")
+        pairs[key.strip()] = item.strip()
+    return pairs

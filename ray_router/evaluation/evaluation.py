@@ -37,6 +37,7 @@ from ray_router.evaluation.baselines import (
     cheapest_choice,
     random_choice,
 )
+from ray_router.evaluation.comparison import RouterComparison, compare_routers
 from ray_router.model.proba_router import ProbaRouter
 from ray_router.policy.config import SWEEPABLE, PolicyConfig
 from ray_router.policy.policies import (
@@ -315,6 +316,7 @@ class EvaluationResults:
     single_targets: SingleTargets
     agreement_zones: AgreementZones
     routers: list[RouterResult]
+    comparisons: list[RouterComparison]  # the first router minus each other one, paired on the test queries
     baselines: list[BaselineResult]
     notes: list[str]
     bundle: BundleInfo | None = None
@@ -480,9 +482,15 @@ def evaluate(
     if test.true_cost is None:
         notes.append("No true per-query test cost: cost is evaluated on the expected cost.")
 
-    router_results = [
+    evaluated = [
         _evaluate_router(name, proba_test, proba_val, scorer, val_split, names, policy_kind, values, cost_range)
         for name, proba_test, proba_val in predictions
+    ]
+    router_results = [result for result, _ in evaluated]
+    comparisons = [
+        compare_routers((predictions[0][0], name), (predictions[0][1], proba_test), (evaluated[0][1], choices),
+                        test_split.labels, test_split.cost, cost_range, n_boot=n_boot, seed=seed)
+        for (name, proba_test, _), (_, choices) in zip(predictions[1:], evaluated[1:])
     ]
     baselines, best_single_source = _evaluate_baselines(scorer, val_split, labels_train, names, seed)
     return EvaluationResults(
@@ -502,6 +510,7 @@ def evaluate(
         single_targets=scorer.single_targets(),
         agreement_zones=AgreementZones(**metrics.agreement_zones(test_split.labels)),
         routers=router_results,
+        comparisons=comparisons,
         baselines=baselines,
         notes=notes,
     )
@@ -540,7 +549,8 @@ def _evaluate_router(
     kind: str,
     values: np.ndarray,
     cost_range: tuple[float, float] | None,
-) -> RouterResult:
+) -> tuple[RouterResult, np.ndarray]:
+    """The router's result and its (sweep points, n_test) chosen targets."""
     test = scorer.split
     base = _swept_policy(kind, proba_val, val, names, name)
     decisions = sweep(proba, test.expected, base, values, names)
@@ -566,7 +576,7 @@ def _evaluate_router(
         operating_points=operating_points,
         test_readout=_readout(curve, scorer.single),
         swept_policy=base.model_dump(mode="json"),
-    )
+    ), np.stack([d.choice for d in decisions])
 
 
 def _swept_policy(kind: str, proba_val: np.ndarray | None, val: _Split | None, names: list[str],

@@ -58,23 +58,21 @@ def run_evaluation(
     baselines: tuple[str, ...] = BASELINES,
     semantic_features: str | None = None,
     policy_kind: str = "tolerance",
+    compare: dict[str, str] | None = None,
     use_ray: bool = True,
 ) -> EvaluationResults:
     """Evaluate BUNDLE on DATA's test split, with the features of FEATURES (the feature folders it was trained
-    on: one per encoder); write metrics.json, report.md and plots into OUT."""
+    on: one per encoder), beside the baselines and the routers `compare` names ({name: bundle}, trained on the
+    same data and holdout); write metrics.json, report.md and plots into OUT."""
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise UserError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)} or 'all'")
     router = Router.load(bundle)
+    others = {name: Router.load(path) for name, path in (compare or {}).items()}
     dataset = RoutingDataset.read(data)
-    if dataset.target_names != router.targets:
-        raise UserError(f"{data} has targets {dataset.target_names[:3]}..., the router {router.targets[:3]}...")
     feature_set = FeatureSet.open(features)
-    trained = {schema.schema_id for schema in router.feature_schemas}
-    given = {schema.schema_id for schema in feature_set.schemas}
-    if not trained <= given:
-        raise UserError(f"the router reads features of schemas {', '.join(sorted(trained))}; the feature folders "
-                        f"hold {', '.join(sorted(given))}")
+    for name, candidate in {"prefill router": router, **others}.items():
+        _check_router(name, candidate, dataset, feature_set, router.manifest.validation.holdout_fraction)
     fit_rows, val_rows = split_for_training(dataset, router.manifest.validation.holdout_fraction)
     test_rows = dataset.select(split="test")
     if not len(test_rows) or not len(val_rows):
@@ -84,6 +82,8 @@ def run_evaluation(
         return feature_set.load(rows.query_ids, router.required_keys)
 
     routers = [RouterInput("prefill router", router, prefill(test_rows), prefill(val_rows))]
+    routers += [RouterInput(name, other, feature_set.load(test_rows.query_ids, other.required_keys),
+                            feature_set.load(val_rows.query_ids, other.required_keys)) for name, other in others.items()]
     if {"knn", "semantic-trunk"} & set(baselines):
         semantic_dir = semantic_features or str(Path(out) / "semantic_features")
         extract_features(data, SEMANTIC_ENCODER, semantic_dir)
@@ -103,6 +103,20 @@ def run_evaluation(
                                 selection=_trunk_head(router.manifest.head).get("blocks"))
     write_report(results, out)
     return results
+
+
+def _check_router(name: str, router: Router, dataset: RoutingDataset, feature_set: FeatureSet,
+                  holdout_fraction: float) -> None:
+    """UserError unless `router` was trained on these targets, reads these feature folders and has this holdout."""
+    if dataset.target_names != router.targets:
+        raise UserError(f"{name}: the data has targets {dataset.target_names[:3]}..., the router {router.targets[:3]}...")
+    trained = {schema.schema_id for schema in router.feature_schemas}
+    given = {schema.schema_id for schema in feature_set.schemas}
+    if not trained <= given:
+        raise UserError(f"{name} reads features of schemas {', '.join(sorted(trained))}; the feature folders hold "
+                        f"{', '.join(sorted(given))}")
+    if router.manifest.validation.holdout_fraction != holdout_fraction:
+        raise UserError(f"{name} was trained with another holdout fraction: its validation rows would differ")
 
 
 def _trunk_head(head: dict) -> dict:

@@ -136,6 +136,8 @@ def markdown_report(results: EvaluationResults) -> str:
         "",
         _curve_summary_table(results),
         "",
+        _comparison_section(results),
+        "",
         "## Targets on test",
         "",
         _targets_table(results),
@@ -318,6 +320,24 @@ def _readout_table(results: EvaluationResults) -> str:
             _pct(cheap.accuracy) if cheap else "never",
         ])
     return _table(header, rows) if rows else "(no probability router)"
+
+
+def _comparison_section(results: EvaluationResults) -> str:
+    """The first router minus each other router: mean AUC and AIQ, with paired bootstrap intervals."""
+    if not results.comparisons:
+        return ""
+    rows = [[c.router, c.other, _signed(c.mean_auc, 3), _signed(c.aiq, 4)] for c in results.comparisons]
+    return ("### Paired differences on the test queries\n\n"
+            + _table(["router", "minus", "Δ mean AUC [95% CI]", "Δ AIQ [95% CI]"], rows)
+            + "\n\nThe same bootstrap resamples of the test queries for both routers: an interval above 0 is "
+              "evidence that the first router is better.")
+
+
+def _signed(difference, digits: int) -> str:
+    if math.isnan(difference.difference):
+        return "n/a"
+    return (f"{difference.difference:+.{digits}f} [{difference.ci_low:+.{digits}f}, "
+            f"{difference.ci_high:+.{digits}f}]")
 
 
 def _curve_summary_table(results: EvaluationResults) -> str:

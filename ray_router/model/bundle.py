@@ -52,6 +52,8 @@ class ValidationSummary(BaseModel):
     member_val_losses: list[float] = Field(default_factory=list, description="trunk: every member's own loss")
     kept_members: list[int] = Field(default_factory=list)
     candidates: list[dict] = Field(default_factory=list, description="each candidate's overrides and holdout scores")
+    calibration: dict[str, float] | None = Field(
+        None, description="holdout log_loss / ece before and after calibration (cross-fitted halves)")
 
 
 class RouterManifest(BaseModel):

@@ -52,3 +52,13 @@ def _logits(proba: np.ndarray) -> np.ndarray:
 def _log_loss(z: np.ndarray, y: np.ndarray) -> float:
     """Mean binary cross-entropy of sigmoid(z) against labels y, computed from the logits (stable)."""
     return float(np.mean(y * np.logaddexp(0, -z) + (1 - y) * np.logaddexp(0, z)))
+
+
+def cross_fitted(proba: np.ndarray, labels: np.ndarray, folds: int = 2) -> np.ndarray:
+    """`proba` calibrated with temperatures fitted on the other folds of these rows (rows assigned to folds in
+    turn): an honest estimate, on validation rows, of what calibration fitted on all of them would do."""
+    fold = np.arange(len(proba)) % folds
+    out = np.empty_like(np.asarray(proba, dtype=np.float64))
+    for f in range(folds):
+        out[fold == f] = calibrate(proba[fold == f], fit_temperatures(proba[fold != f], labels[fold != f]))
+    return out

@@ -105,11 +105,11 @@ def probe_auc(Z: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> fl
     with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
         for train_idx, test_idx in splitter.split(standardised, y):
             probe = LogisticRegression(max_iter=1000).fit(standardised[train_idx], y[train_idx])
-            fold_aucs.append(_rank_auc(y[test_idx], probe.decision_function(standardised[test_idx])))
+            fold_aucs.append(rank_auc(y[test_idx], probe.decision_function(standardised[test_idx])))
     return float(np.mean(fold_aucs))
 
 
-def _rank_auc(y: np.ndarray, scores: np.ndarray) -> float:
+def rank_auc(y: np.ndarray, scores: np.ndarray) -> float:
     """ROC-AUC as the Mann-Whitney U statistic over (average) ranks: equal to sklearn's roc_auc_score,
     without its per-call input checks that cost 20x the computation."""
     ranks = scipy.stats.rankdata(scores)

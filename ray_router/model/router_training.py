@@ -22,12 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ray_router.data.routing_dataset import RoutingDataset, hash_fraction_mask
 from ray_router.errors import UserError, validation_message
-from ray_router.evaluation.metrics import roc_auc_per_target
+from ray_router.evaluation.metrics import expected_calibration_error, roc_auc_per_target
 from ray_router.features.feature_set import FeatureSet
 from ray_router.features.schema import column_name, feature_key
 from ray_router.features.store import FeatureStore
 from ray_router.model.bundle import RouterManifest, ValidationSummary
-from ray_router.model.calibration import fit_temperatures
+from ray_router.model.calibration import cross_fitted, fit_temperatures
 from ray_router.model.cost_model import CostModel
 from ray_router.model.knn_router import BlockKnnRouter, mean_log_loss
 from ray_router.model.layer_scan import ScanConfig, ScanResult, scan_layers
@@ -60,7 +60,9 @@ class RouterTrainConfig(BaseModel):
         "trunk", description="SharedTrunkNet, per-target logistic regression, kNN on the blocks, or a stack of "
         "SharedTrunkNet and kNN with per-target weights fitted on the holdout.")
     logistic_c: float = Field(0.01, gt=0, description="Inverse L2 strength of the logistic head.")
-    calibrate: bool = Field(False, description="Fit per-target temperatures on the holdout (stored in the bundle).")
+    calibrate: bool | Literal["auto"] = Field(
+        "auto", description="Fit per-target temperatures on the holdout (stored in the bundle); auto: only when "
+        "they lower the holdout log-loss, temperatures fitted on one half of it and scored on the other.")
     candidates: list[dict] = Field(
         default_factory=list, description="Overrides of these fields, each trained in turn on the fit rows; the "
         "one with the lowest holdout log-loss is kept (none: this config alone).")
@@ -169,9 +171,7 @@ def train_router(
     holdout_proba = None
     if len(holdout_rows):
         holdout_proba = model.predict_proba(feature_set.load(holdout_rows.query_ids, model.required_keys))
-    temperatures = None
-    if configs[chosen].calibrate and holdout_proba is not None:
-        temperatures = fit_temperatures(holdout_proba, holdout_rows.labels()).tolist()
+    temperatures, calibration = _calibration(configs[chosen].calibrate, holdout_proba, holdout_rows.labels())
     cost_model = CostModel.fit(fit_rows)
     manifest = RouterManifest(
         data_hash=dataset.content_hash(),
@@ -186,6 +186,7 @@ def train_router(
             holdout_rows=len(holdout_rows),
             **scores,
             **_trunk_losses(model),
+            **calibration,
             candidates=[{"override": override, "chosen": i == chosen, **fitted[i][1]}
                         for i, override in enumerate(config.candidates)],
         ),
@@ -215,6 +216,22 @@ def _fit_head(config: RouterTrainConfig, specs: list[str], use_ray: bool, X, Y, 
         raise UserError(f"the {config.head} head chooses its parameters on holdout rows (holdout_fraction > 0)")
     head = knn() if config.head == "knn" else StackRouter([trunk(), knn()])
     return head.fit(X, Y, X_val, Y_val)
+
+
+def _calibration(calibrate: bool | str, holdout_proba: np.ndarray | None,
+                 labels: np.ndarray) -> tuple[list[float] | None, dict]:
+    """The per-target temperatures to store (None: no calibration), and the holdout log-loss and ECE before and
+    after calibration, after meaning temperatures fitted on one half of the holdout and scored on the other."""
+    if not calibrate or holdout_proba is None:
+        return None, {}
+    calibrated = cross_fitted(holdout_proba, labels)
+    scores = {"calibration": {
+        "log_loss_before": mean_log_loss(holdout_proba, labels), "log_loss_after": mean_log_loss(calibrated, labels),
+        "ece_before": expected_calibration_error(holdout_proba, labels),
+        "ece_after": expected_calibration_error(calibrated, labels)}}
+    if calibrate == "auto" and scores["calibration"]["log_loss_after"] >= scores["calibration"]["log_loss_before"]:
+        return None, scores
+    return fit_temperatures(holdout_proba, labels).tolist(), scores
 
 
 def _default_policy(config: RouterTrainConfig, holdout_proba: np.ndarray | None, holdout: RoutingDataset,

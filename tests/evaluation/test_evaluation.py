@@ -14,7 +14,7 @@ from ray_router.evaluation.evaluation import (
     ValidationPoint,
     evaluate,
 )
-from ray_router.evaluation.report import FILES, headline_table, write_report
+from ray_router.evaluation.report import FILES, headline_table, markdown_report, write_report
 from ray_router.model.cost_model import CostModel
 from ray_router.model.knn_router import KnnRouter
 from ray_router.policy.config import PolicyConfig
@@ -232,3 +232,18 @@ def test_anchored_policy_is_fitted_on_validation_and_swept_over_tau():
     assert best.validation.accuracy >= val_labels[:, 1].mean()  # never below the anchor on validation
     assert router.curve.mean_cost[-1] == COST.min()  # tau = 1: always the cheapest
     assert results.to_json()["routers"][0]["swept_policy"]["anchor"] == "mid"
+
+
+def test_the_first_router_is_compared_with_each_other_on_the_same_resamples():
+    rng = np.random.default_rng(2)
+    labels = (rng.random((120, 3)) < [0.7, 0.5, 0.3]).astype(float)
+    good = np.clip(labels * 0.7 + rng.random(labels.shape) * 0.3, 0, 1)
+    noise = rng.random(labels.shape)
+    split = SplitData(labels, COST)
+    results = evaluate([given("good", good, good), given("noise", noise, noise), given("same", good, good)],
+                       NAMES, split, split, n_boot=300)
+    versus_noise, versus_same = results.comparisons
+    assert (versus_noise.router, versus_noise.other) == ("good", "noise")
+    assert versus_noise.mean_auc.ci_low > 0 and versus_noise.aiq.ci_low > 0
+    assert versus_same.mean_auc.difference == versus_same.mean_auc.ci_low == versus_same.aiq.ci_high == 0.0
+    assert "Paired differences" in markdown_report(results)

@@ -8,7 +8,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.preprocessing import StandardScaler
 
 from ray_router.model.probes import (
-    _rank_auc,
+    rank_auc,
     effective_dimensionality,
     fisher_separability,
     probe_auc,
@@ -103,7 +103,7 @@ def test_rank_auc_equals_sklearn_roc_auc_with_ties():
     rng = np.random.default_rng(5)
     y = (rng.random(500) < 0.3).astype(np.int64)
     scores = np.round(rng.normal(size=500) + y, 1)  # many tied scores
-    assert _rank_auc(y, scores) == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
+    assert rank_auc(y, scores) == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
 
 
 def test_features_that_never_vary_separate_nothing():

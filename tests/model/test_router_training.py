@@ -135,13 +135,17 @@ def test_bad_train_config_is_one_line_error(small_routerbench, small_features, t
 def test_evaluate_end_to_end_writes_every_report_file(bundle, small_routerbench, small_features, tmp_path):
     out = tmp_path / "report"
     result = CliRunner().invoke(main, ["evaluate", "--bundle", str(bundle), "--data", str(small_routerbench),
-                                       "--features", str(small_features), "--out", str(out), "--local"])
+                                       "--features", str(small_features), "--out", str(out), "--local",
+                                       "--compare", f"again={bundle}"])
     assert result.exit_code == 0, result.output
     for name in ("metrics.json", "report.md", "cost_accuracy.png", "auc_per_target.png", "calibration.png"):
         assert (out / name).stat().st_size > 0, name
     metrics = json.loads((out / "metrics.json").read_text())
     names = [r["name"] for r in metrics["routers"]]
     assert names[0] == "prefill router" and any("kNN" in n for n in names) and "semantic SharedTrunkNet" in names
+    assert names[1] == "again" and metrics["routers"][1]["aiq"] == metrics["routers"][0]["aiq"]  # the same bundle
+    versus = {c["other"]: c for c in metrics["comparisons"]}
+    assert set(versus) == set(names[1:]) and versus["again"]["aiq"]["difference"] == 0.0
     assert "prefill router" in result.output  # the headline table on the terminal
 
 
