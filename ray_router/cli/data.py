@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from ray_router.data.routing_dataset import RoutingDataset
 from ray_router.cli.options import key_value_pairs
+from ray_router.data.routing_dataset import RoutingDataset
 from ray_router.errors import UserError
 
 

@@ -83,7 +83,8 @@ def run_evaluation(
 
     routers = [RouterInput("prefill router", router, prefill(test_rows), prefill(val_rows))]
     routers += [RouterInput(name, other, feature_set.load(test_rows.query_ids, other.required_keys),
-                            feature_set.load(val_rows.query_ids, other.required_keys)) for name, other in others.items()]
+                            feature_set.load(val_rows.query_ids, other.required_keys))
+                for name, other in others.items()]
     if {"knn", "semantic-trunk"} & set(baselines):
         semantic_dir = semantic_features or str(Path(out) / "semantic_features")
         extract_features(data, SEMANTIC_ENCODER, semantic_dir)
@@ -109,7 +110,8 @@ def _check_router(name: str, router: Router, dataset: RoutingDataset, feature_se
                   holdout_fraction: float) -> None:
     """UserError unless `router` was trained on these targets, reads these feature folders and has this holdout."""
     if dataset.target_names != router.targets:
-        raise UserError(f"{name}: the data has targets {dataset.target_names[:3]}..., the router {router.targets[:3]}...")
+        raise UserError(f"{name}: the data has targets {dataset.target_names[:3]}..., "
+                        f"the router {router.targets[:3]}...")
     trained = {schema.schema_id for schema in router.feature_schemas}
     given = {schema.schema_id for schema in feature_set.schemas}
     if not trained <= given:
