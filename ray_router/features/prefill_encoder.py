@@ -71,12 +71,15 @@ class PrefillEncoder:
         self._pooled: dict[str, torch.Tensor] = {}
 
     def tokenize(self, prompts: Sequence[str]) -> list[list[int]]:
-        """The token ids the encoder runs on: templated and truncated (UserError for empty prompts)."""
+        """The token ids the encoder runs on: templated and truncated (UserError for empty prompts and for text
+        that is not valid Unicode)."""
         for row, prompt in enumerate(prompts):
             if not isinstance(prompt, str):
                 raise UserError(f"prompt at row {row} is not text (got {type(prompt).__name__})")
             if not prompt.strip():
                 raise UserError(f"prompt at row {row} is empty or whitespace only")
+            if not is_valid_text(prompt):
+                raise UserError(f"prompt at row {row} is not valid Unicode text (a lone surrogate, e.g. \\ud800)")
         return self.prompt_tokenizer(prompts)
 
     def encode(self, prompts: Sequence[str], batch_size: int = 16) -> dict[str, np.ndarray]:
@@ -149,6 +152,15 @@ class PrefillEncoder:
             else:  # where(), not a product: padding positions may hold non-finite values
                 pooled = torch.where(real[..., None], hidden, 0).sum(1, dtype=torch.float32) / count
             self._pooled[column_name(layer, pooling)] = pooled
+
+
+def is_valid_text(text: str) -> bool:
+    """True when `text` can be encoded as UTF-8 (JSON may carry lone surrogates, which tokenizers refuse)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def resolve_schema(

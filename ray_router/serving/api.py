@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from ray_router.features.prefill_encoder import is_valid_text
 
 ROUTER_MODEL = "router"  # `model` value that asks for routing; a target name passes through
 
@@ -42,16 +44,48 @@ class RoutingOptions(BaseModel):
         return values
 
 
+def _valid_text(text: str) -> str:
+    if not is_valid_text(text):
+        raise ValueError("not valid Unicode text (a lone surrogate)")
+    return text
+
+
+Text = Annotated[str, AfterValidator(_valid_text)]  # a string the tokenizers accept
+
+
+def json_depth(raw: bytes) -> int:
+    """The deepest nesting of arrays and objects in a JSON text, counted without parsing it (strings skipped),
+    so that a body nested too deeply is refused before the recursive decoder sees it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[TextPart]
+    content: Text | list[TextPart]
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -89,8 +123,8 @@ class RouteRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str | None = None
-    prompts: list[str] | None = None
+    prompt: Text | None = None
+    prompts: list[Text] | None = None
     router: RoutingOptions = Field(default_factory=RoutingOptions)
 
     @field_validator("prompts")

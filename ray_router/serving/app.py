@@ -31,6 +31,7 @@ from ray_router.serving.api import (
     ChatRequest,
     RouteRequest,
     RoutingOptions,
+    json_depth,
 )
 from ray_router.serving.backends import (
     Completion,
@@ -40,7 +41,7 @@ from ray_router.serving.backends import (
     TargetError,
 )
 from ray_router.serving.config import ServeArgs
-from ray_router.serving.deployments import Encoder, RouterHead
+from ray_router.serving.deployments import EncodeError, Encoder, RouterHead
 from ray_router.serving.local_target import LocalGenerator
 from ray_router.serving.telemetry import RouterMetrics
 
@@ -99,9 +100,12 @@ class Ingress:
         raw = await request.body()
         if len(raw) > limit:
             raise ApiError(413, f"request body of {len(raw)} bytes exceeds the limit of {limit} bytes")
+        brackets = raw.count(b"[") + raw.count(b"{")  # an upper bound on the depth, counted in C
+        if brackets > self.args.max_json_depth and json_depth(raw) > self.args.max_json_depth:
+            raise ApiError(400, f"the JSON body is nested deeper than {self.args.max_json_depth} levels")
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as err:
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:
             raise ApiError(400, f"malformed JSON body: {err}") from None
         if not isinstance(data, dict):
             raise ApiError(400, f"the body must be a JSON object, got {type(data).__name__}")
@@ -134,6 +138,9 @@ class Ingress:
         try:
             features = await asyncio.wait_for(
                 asyncio.gather(*(self.encoder.encode.remote(p) for p in prompts)), DECISION_TIMEOUT_S)
+            refused = [(i, f.message) for i, f in enumerate(features) if isinstance(f, EncodeError)]
+            if refused:
+                raise ApiError(400, "; ".join(f"prompt {i}: {message}" for i, message in refused), param="prompts")
             encoded = time.perf_counter()
             decisions = await asyncio.wait_for(self.head.decide.remote(features, prompts, policy.model_dump()),
                                                DECISION_TIMEOUT_S)
@@ -164,6 +171,9 @@ class Ingress:
         async def work():
             body = await self._read(request, RouteRequest)
             prompts = body.all_prompts()
+            if len(prompts) > self.args.max_prompts:
+                raise ApiError(413, f"{len(prompts)} prompts in one request exceed the limit of "
+                                    f"{self.args.max_prompts}", param="prompts")
             policy = self._policy(body.router, chat=False)
             decisions, latency = await self._decide("route", prompts, policy)
             for decision in decisions:

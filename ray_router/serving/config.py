@@ -96,6 +96,8 @@ class ServeArgs(_Strict):
     backends: dict[str, BackendConfig] = Field(default_factory=dict, description="target name -> backend")
     auth_token_env: str | None = Field(None, description="env var with the bearer token; unset = no auth")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
+    max_json_depth: int = Field(32, ge=4, description="bodies nested deeper (arrays, objects) get 400")
+    max_prompts: int = Field(64, ge=1, description="a /v1/route request with more prompts gets 413")
     head: ReplicaResources = Field(default_factory=ReplicaResources, description="the RouterHead replicas")
     ingress: ReplicaResources = Field(default_factory=ReplicaResources, description="the Ingress replicas")
 

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import dataclass
 
 import numpy as np
 from ray import serve
 
+from ray_router.errors import UserError
 from ray_router.features.schema import FeatureSchema
 from ray_router.policy.config import PolicyConfig, merge_policy
 from ray_router.resources import set_torch_threads
 from ray_router.router import Router
+
+
+@dataclass(frozen=True)
+class EncodeError:
+    """Why the Encoder refused one prompt (a user's mistake: the request gets a 400 naming it)."""
+
+    message: str
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
@@ -30,10 +39,24 @@ class Encoder:
         return [schema.model_dump() for schema in self.encoder.schemas]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def encode(self, prompts: list[str]) -> list[dict[str, np.ndarray]]:
-        """Features of one prompt per call ({key: (hidden,) array}); Serve groups concurrent calls."""
-        features = await asyncio.to_thread(self.encoder.encode, prompts, len(prompts))
-        return [{key: values[i] for key, values in features.items()} for i in range(len(prompts))]
+    async def encode(self, prompts: list[str]) -> list[dict[str, np.ndarray] | EncodeError]:
+        """Features of one prompt per call ({key: (hidden,) array}); Serve groups concurrent calls. A prompt the
+        encoder refuses fails alone: the batch is encoded again prompt by prompt, and that caller gets an
+        EncodeError while the others get their features."""
+        try:
+            return self._rows(await asyncio.to_thread(self.encoder.encode, prompts, len(prompts)), len(prompts))
+        except UserError:
+            return [await self._encode_one(prompt) for prompt in prompts]
+
+    async def _encode_one(self, prompt: str) -> dict[str, np.ndarray] | EncodeError:
+        try:
+            return self._rows(await asyncio.to_thread(self.encoder.encode, [prompt], 1), 1)[0]
+        except UserError as err:
+            return EncodeError(str(err).replace("prompt at row 0 ", "the prompt "))
+
+    @staticmethod
+    def _rows(features: dict[str, np.ndarray], n: int) -> list[dict[str, np.ndarray]]:
+        return [{key: values[i] for key, values in features.items()} for i in range(n)]
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)

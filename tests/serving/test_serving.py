@@ -275,3 +275,86 @@ def test_shipped_serve_configs_are_valid(name, bundle):
         assert not unbound and {b.kind for b in args.backends.values()} == {"local"}
     else:
         assert {b.kind for b in args.backends.values()} == {"openai"} and args.encoder.num_gpus > 0
+
+
+# --- bad input, isolation ---------------------------------------------------------------------------------
+
+def _json_values():
+    from hypothesis import strategies as st
+
+    text = st.text(max_size=40) | st.sampled_from(
+        ["\ud800", "bad \udfff prompt", "\x00", " ", "router", "user"])
+    scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | text
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["prompt", "prompts", "router", "policy", "tau", "allowed", "messages", "role", "content",
+                         "model", "stream", "max_tokens", "x"]) | text, inner, max_size=4), max_leaves=12)
+
+
+def test_fuzzed_bodies_never_get_a_5xx_and_the_service_still_answers(server):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    bodies = st.one_of(
+        _json_values().map(lambda v: json.dumps(v).encode()),
+        st.binary(max_size=64),  # invalid UTF-8 and not JSON at all
+        st.fixed_dictionaries({"prompt": _json_values()}).map(lambda v: json.dumps(v).encode()),
+        st.fixed_dictionaries({"messages": st.lists(st.fixed_dictionaries(
+            {"role": st.sampled_from(["user", "robot"]), "content": _json_values()}), max_size=2),
+            "max_tokens": st.just(1), "router": st.fixed_dictionaries({"allowed": st.just(["nobody"])})},
+        ).map(lambda v: json.dumps(v).encode()),
+    )
+
+    @settings(max_examples=120, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(path=st.sampled_from(["/v1/route", "/v1/chat/completions"]), body=bodies)
+    def fuzz(path, body):
+        response = server.post(path, content=body, headers={"content-type": "application/json"}, timeout=60)
+        assert response.status_code < 500, (path, body[:200], response.text[:300])
+        if response.status_code >= 400:
+            assert response.json()["error"]["message"]
+
+    fuzz()
+    assert server.post("/v1/route", json={"prompt": "Still there?"}).status_code == 200
+
+
+@pytest.mark.parametrize("body, status, says", [
+    (b'{"prompt": "a", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "nested deeper"),
+    (b"[" * 100_000 + b"]" * 100_000, 413, "exceeds the limit"),  # beyond the body limit first
+    (b"[" * 30_000 + b"]" * 30_000, 400, "nested deeper"),
+    (json.dumps({"prompt": "bad \ud800 prompt"}).encode(), 400, "Unicode"),
+    (json.dumps({"prompts": ["hi"] * 65}).encode(), 413, "65 prompts"),
+])
+def test_hostile_bodies_get_a_clear_4xx(server, body, status, says):
+    response = server.post("/v1/route", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text[:300]
+    assert says in response.json()["error"]["message"]
+
+
+def test_a_prompt_the_encoder_refuses_fails_alone_within_its_batch(server):
+    import asyncio
+
+    from ray import serve
+
+    encoder = serve.get_deployment_handle("Encoder", app_name="router")
+    prompts = [f"Question number {i}: what is {i} + {i}?" for i in range(15)]
+    prompts[5] = "bad \ud800 prompt"  # bypasses the API's checks: the encoder itself refuses it
+
+    async def encode_all():
+        return await asyncio.gather(*(encoder.encode.remote(p) for p in prompts))
+
+    results = asyncio.run(encode_all())
+    from ray_router.serving.deployments import EncodeError
+
+    assert isinstance(results[5], EncodeError) and "Unicode" in results[5].message
+    assert all(isinstance(r, dict) and r for i, r in enumerate(results) if i != 5)
+
+    def post(prompt):  # json.dumps escapes the surrogate (httpx's json= would refuse to encode it)
+        return server.post("/v1/route", content=json.dumps({"prompt": prompt}),
+                           headers={"content-type": "application/json"})
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    mixed = ["bad \udfff" if i % 8 == 0 else f"Good prompt {i}" for i in range(32)]
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(post, mixed))
+    assert [r.status_code for r in responses] == [400 if i % 8 == 0 else 200 for i in range(32)]
