@@ -40,13 +40,13 @@ SEMANTIC_ENCODER = EncoderConfig(encoder="minilm-l6", layers=(6,), poolings=("me
 SEMANTIC_KEY = feature_key(SEMANTIC_ENCODER.name, column_name(6, "mean"))
 
 
-def task_labels(dataset: RoutingDataset) -> np.ndarray:
-    """`category` where the data has it (finer: MMLU-Pro subjects), else `task`."""
+def task_labels(dataset: RoutingDataset) -> np.ndarray | None:
+    """`category` where the data has it (finer: MMLU-Pro subjects), else `task`; None when it has neither."""
     for column in ("category", "task"):
         values = dataset.column(column)
         if values is not None and not all(v is None for v in values):
             return np.array(["" if v is None else str(v) for v in values], dtype=object)
-    raise UserError("the task-label baseline needs a `task` or `category` column in the data")
+    return None
 
 
 def run_evaluation(
@@ -77,6 +77,10 @@ def run_evaluation(
     test_rows = dataset.select(split="test")
     if not len(test_rows) or not len(val_rows):
         raise UserError(f"{data}: evaluation needs test rows and holdout rows of the training split")
+    skipped = []
+    if "task-label" in baselines and task_labels(dataset) is None:  # known before any work starts
+        baselines = tuple(b for b in baselines if b != "task-label")
+        skipped.append("The task-label baseline was skipped: the data has no task or category labels.")
 
     def prefill(rows: RoutingDataset):
         return feature_set.load(rows.query_ids, router.required_keys)
@@ -99,6 +103,7 @@ def run_evaluation(
 
     results = evaluate(routers, router.targets, split(test_rows), split(val_rows),
                        labels_train=fit_rows.labels(), policy_kind=policy_kind)
+    results.notes.extend(skipped)
     results.bundle = BundleInfo(path=str(bundle), feature_schema=router.schema_id,
                                 encoder=", ".join(schema.encoder for schema in router.feature_schemas),
                                 selection=_trunk_head(router.manifest.head).get("blocks"))

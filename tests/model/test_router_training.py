@@ -196,3 +196,22 @@ def test_candidates_are_compared_on_the_holdout_and_every_head_round_trips(small
     with pytest.raises(UserError, match="candidate.*heads"):
         train_router(str(small_routerbench), str(small_features), str(tmp_path / "c"), use_ray=False,
                      config=RouterTrainConfig.model_validate({**FAST, "candidates": [{"heads": "trunk"}]}))
+
+
+def test_a_baseline_the_data_cannot_support_is_skipped_and_said_so(bundle, small_routerbench, small_features,
+                                                                  tmp_path):
+    import pyarrow as pa
+
+    dataset = RoutingDataset.read(small_routerbench)
+    table = dataset.table
+    for column in ("task", "category"):
+        table = table.set_column(table.schema.get_field_index(column), column, pa.nulls(len(table), pa.string()))
+    no_tasks = tmp_path / "no-tasks.parquet"
+    RoutingDataset(table, dataset.targets, dataset.source).write(no_tasks)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["evaluate", "--bundle", str(bundle), "--data", str(no_tasks), "--features",
+                                       str(small_features), "--out", str(out), "--baselines", "task-label"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["name"] for r in metrics["routers"]] == ["prefill router"]
+    assert any("task-label baseline was skipped" in note for note in metrics["notes"])
