@@ -6,6 +6,7 @@ passes through, `stream: true` streams SSE), `GET /v1/models`, `GET /healthz`.
 """
 
 import asyncio
+import hmac
 import json
 import logging
 import os
@@ -51,6 +52,11 @@ DECISION_TIMEOUT_S = 60.0  # encoder + head, per request
 api = FastAPI(title="ray-router", docs_url=None, redoc_url=None)
 
 
+def _authorized(header: str, token: str) -> bool:
+    """Whether `header` is `Bearer <token>`, compared in constant time (no timing hint about the token)."""
+    return hmac.compare_digest(header.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode())
+
+
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)
 
@@ -83,7 +89,7 @@ class Ingress:
     async def _respond(self, endpoint: str, request: Request, work: Callable[[], Awaitable]) -> object:
         """Authorize, run `work`, and turn ApiErrors and UserErrors (a 4xx) into JSON error responses."""
         try:
-            if self.token is not None and request.headers.get("authorization") != f"Bearer {self.token}":
+            if self.token is not None and not _authorized(request.headers.get("authorization", ""), self.token):
                 raise ApiError(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
                                kind="authentication_error")
             return await work()

@@ -358,3 +358,26 @@ def test_a_prompt_the_encoder_refuses_fails_alone_within_its_batch(server):
     with ThreadPoolExecutor(16) as pool:
         responses = list(pool.map(post, mixed))
     assert [r.status_code for r in responses] == [400 if i % 8 == 0 else 200 for i in range(32)]
+
+
+def test_the_token_never_reaches_logs_or_error_bodies(server):
+    import ray
+
+    bodies = [server.post("/v1/route", headers={"Authorization": f"Bearer {TOKEN}x"}, json={"prompt": "hi"}).text,
+              server.post("/v1/chat/completions", json=_chat("hi", model="gpt-17")).text,
+              server.post("/v1/route", json={"prompt": "hi", "router": {"allowed": [TOKEN]}}).text]
+    assert all(TOKEN not in body or "allowed" in body for body in bodies[:2])
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    leaked = [p.name for p in logs.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert not leaked, leaked
+
+
+def test_nothing_that_loads_bundles_features_or_models_can_execute_code():
+    """No pickle, torch.load or remote code anywhere but the RouterBench importer's documented .pkl reader."""
+    package = Path(__file__).resolve().parents[2] / "ray_router"
+    import re
+
+    risky = re.compile(r"import pickle|read_pickle|torch\.load\(|trust_remote_code=True|(?<![\w.])(eval|exec)\(")
+    found = [(path.relative_to(package).as_posix(), match.group(0)) for path in package.rglob("*.py")
+             if path.name != "routerbench.py" for match in risky.finditer(path.read_text())]
+    assert not found, found
