@@ -6,6 +6,7 @@ from ray_router.cli.options import (
     ChoiceList,
     IntList,
     batch_size_option,
+    shard_rows_option,
     ray_address_option,
     worker_options,
     worker_resources,
@@ -26,11 +27,12 @@ from ray_router.cli.options import (
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="Default: float32 on CPU, bfloat16 on GPU.")
 @batch_size_option
+@shard_rows_option
 @worker_options
 @click.option("--cache-dir", default=None, envvar="RAY_ROUTER_CACHE", help="Where converted GGUF weights are cached.")
 @ray_address_option
 def extract(data, encoder, layers, poolings, out, limit, max_tokens, truncation_side, no_chat_template, dtype,
-            batch_size, concurrency, num_gpus_per_worker, cpus_per_worker, cache_dir, address):
+            batch_size, shard_rows, concurrency, num_gpus_per_worker, cpus_per_worker, cache_dir, address):
     """Extract prefill features of DATA's prompts with ENCODER into OUT (resumable)."""
     from ray_router.features.extraction import extract_features
     from ray_router.features.schema import EncoderConfig
@@ -38,7 +40,7 @@ def extract(data, encoder, layers, poolings, out, limit, max_tokens, truncation_
     config = EncoderConfig.from_user(encoder=encoder, layers=layers, poolings=poolings, max_tokens=max_tokens,
                                      truncation_side=truncation_side, chat_template=not no_chat_template, dtype=dtype)
     result = extract_features(
-        data, config, out, limit=limit, batch_size=batch_size,
+        data, config, out, limit=limit, batch_size=batch_size, shard_rows=shard_rows,
         resources=worker_resources(concurrency, num_gpus_per_worker, cpus_per_worker), cache_dir=cache_dir,
         ray_address=address,
     )

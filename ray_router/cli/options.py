@@ -57,6 +57,8 @@ ray_address_option = click.option(
 
 batch_size_option = click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
                                  help="Prompts per encoder forward.")
+shard_rows_option = click.option("--shard-rows", type=click.IntRange(min=1), default=512, show_default=True,
+                                 help="Rows per output shard (what an interrupted run can lose at most).")
 
 
 def worker_options(command):

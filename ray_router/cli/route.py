@@ -7,6 +7,7 @@ import click
 from ray_router.cli.options import (
     batch_size_option,
     ray_address_option,
+    shard_rows_option,
     worker_options,
     worker_resources,
 )
@@ -31,6 +32,7 @@ from ray_router.cli.options import (
 @click.option("--id-col", default=None,
               help="Column holding unique query ids (default: sha256(prompt) prefixes, -2, -3, ... on repeats).")
 @batch_size_option
+@shard_rows_option
 @worker_options
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N queries of the input.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -47,7 +49,7 @@ def route(bundle, input_path, out, kind, tau, lam, budget, anchor, margin, allow
              "allowed": [a.strip() for a in allowed.split(",") if a.strip()] if allowed is not None else None}
     result = route_queries(
         bundle, input_path, out, {k: v for k, v in given.items() if v is not None},
-        prompt_col=prompt_col, id_col=id_col, limit=limit, batch_size=batch_size,
+        prompt_col=prompt_col, id_col=id_col, limit=limit, batch_size=batch_size, shard_rows=shard_rows,
         resources=worker_resources(concurrency, num_gpus_per_worker, cpus_per_worker), ray_address=address,
     )
     if as_json:
