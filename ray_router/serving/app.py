@@ -20,6 +20,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from ray import serve
+from ray.exceptions import RayError
+from ray.serve.exceptions import RayServeException
 from ray.serve import Application
 
 from ray_router.errors import UserError, validation_message
@@ -152,6 +154,10 @@ class Ingress:
                                                DECISION_TIMEOUT_S)
         except asyncio.TimeoutError:
             raise ApiError(504, f"routing decision took longer than {DECISION_TIMEOUT_S} s", kind="timeout") from None
+        except (RayError, RayServeException) as err:  # a replica died or restarts: Serve replaces it
+            logger.warning("routing decision failed: %s", err)
+            raise ApiError(503, f"the router's {type(err).__name__}: a replica failed; retry the request",
+                           kind="service_unavailable") from None
         latency = {"encode": round((encoded - start) * 1000, 3), "decide": _ms(encoded), "total": _ms(start)}
         self.metrics.decided(endpoint, latency["total"])
         return decisions, latency

@@ -381,3 +381,43 @@ def test_nothing_that_loads_bundles_features_or_models_can_execute_code():
     found = [(path.relative_to(package).as_posix(), match.group(0)) for path in package.rglob("*.py")
              if path.name != "routerbench.py" for match in risky.finditer(path.read_text())]
     assert not found, found
+
+
+def test_a_killed_encoder_replica_is_replaced_and_no_request_hangs(server):
+    """Last in this module: it kills the Encoder's replica process under load."""
+    import signal
+    import threading
+    import time
+
+    from ray._private import state
+
+    results, stop = [], threading.Event()
+
+    def load():
+        while not stop.is_set():
+            start = time.monotonic()
+            try:
+                status = server.post("/v1/route", json={"prompt": "Under load?"}, timeout=90).status_code
+            except httpx.HTTPError as err:
+                status = type(err).__name__
+            results.append((status, time.monotonic() - start))
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(3)
+    replica = next(a for a in state.actors().values()
+                   if a["State"] == "ALIVE" and "Encoder" in a["ActorClassName"] and a.get("Pid"))
+    os.kill(replica["Pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    recovered = False
+    while time.monotonic() < deadline and not recovered:
+        time.sleep(2)
+        recovered = any(status == 200 for status, _ in results[-4:]) and len(results) > 8
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=100)
+    statuses = {status for status, _ in results}
+    assert statuses <= {200, 503}, statuses  # succeeded, or failed fast with a JSON 503 to retry
+    assert max(seconds for _, seconds in results) < 65  # none hung past the decision timeout
+    assert recovered and server.post("/v1/route", json={"prompt": "Back?"}).status_code == 200
