@@ -43,6 +43,7 @@ class Decisions:
     fallbacks: np.ndarray  # (n, K) target indices in order of preference, -1 for disallowed targets
     proba: np.ndarray  # (n, K)
     expected_cost: np.ndarray  # (n, K) USD
+    bound: list[str | None] | None = None  # per query, the constraint that changed the choice (None: none did)
 
     def chosen(self) -> list[str]:
         """The chosen target's name per query."""
@@ -113,14 +114,30 @@ class Router:
         """(n, K) expected USD per query and target (see CostModel)."""
         return self.manifest.cost_model.expected_cost(prompts)
 
-    def decide(self, features: Features, prompts: list[str], policy: Policy = None) -> Decisions:
+    def decide(self, features: Features, prompts: list[str], policy: Policy = None,
+               max_cost_usd: float | None = None) -> Decisions:
         """Apply `policy` (a PolicyConfig, fields over the default policy, or None for the default) to the
-        router's predictions for `prompts`, whose features are `features`."""
+        router's predictions for `prompts`, whose features are `features`. With `max_cost_usd`, a target
+        expected to cost more on a query is not allowed for it (UserError naming the query when none is left),
+        and `bound` says where that changed the choice."""
         policy = merge_policy(self.default_policy, policy)
         proba = self.predict_proba(features)
         cost = self.expected_cost(prompts)
         ranking = apply_policy(proba, cost, policy, self.targets)
-        return Decisions(self.targets, ranking.choice, ranking.fallbacks, proba, cost)
+        if max_cost_usd is None:
+            return Decisions(self.targets, ranking.choice, ranking.fallbacks, proba, cost)
+        allowed = policy.allowed or self.targets
+        rows = []
+        for i in range(len(prompts)):
+            affordable = [t for t in allowed if cost[i, self.targets.index(t)] <= max_cost_usd]
+            if not affordable:
+                raise UserError(f"prompt {i}: no allowed target is expected to cost at most ${max_cost_usd:g} "
+                                f"(the cheapest: ${min(cost[i, self.targets.index(t)] for t in allowed):.3g})")
+            rows.append(apply_policy(proba[i:i + 1], cost[i:i + 1], policy.model_copy(update={"allowed": affordable}),
+                                     self.targets))
+        choice = np.array([r.choice[0] for r in rows])
+        bound = ["max_cost_usd" if c != unconstrained else None for c, unconstrained in zip(choice, ranking.choice)]
+        return Decisions(self.targets, choice, np.stack([r.fallbacks[0] for r in rows]), proba, cost, bound)
 
     # -- prompts -> features ---------------------------------------------------------------------
     def _schemas_read(self) -> list[FeatureSchema]:

@@ -23,6 +23,9 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.kind, **self.extra}}
 
 
+RoutedText = Literal["last_user", "system_and_last_user", "conversation"]
+
+
 class RoutingOptions(BaseModel):
     """Per-request routing options; unset fields take the app's policy defaults."""
 
@@ -35,10 +38,12 @@ class RoutingOptions(BaseModel):
     anchor: str | None = None
     margin: float | None = None
     allowed: list[str] | None = None
+    max_cost_usd: float | None = Field(None, gt=0, description="targets expected to cost more are not allowed")
+    routed_text: RoutedText | None = Field(None, description="chat: what is routed (default: the app's)")
 
     def overrides(self) -> dict:
         """PolicyConfig fields set by the request (`policy` is PolicyConfig's `kind`)."""
-        values = self.model_dump(exclude_none=True)
+        values = self.model_dump(exclude_none=True, exclude={"max_cost_usd", "routed_text"})
         if "policy" in values:
             values["kind"] = values.pop("policy")
         return values
@@ -76,23 +81,33 @@ def json_depth(raw: bytes) -> int:
     return deepest
 
 
-class TextPart(BaseModel):
-    type: Literal["text"]
-    text: Text
+class ContentPart(BaseModel):
+    """A part of a message's content: text (routed), or any other kind (image_url, input_audio, ...: passed on)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: Text | None = None
 
 
 class ChatMessage(BaseModel):
+    """An OpenAI chat message; its other fields (tool_calls, tool_call_id, name, ...) are passed on unchanged."""
+
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: Text | list[TextPart]
+    content: Text | list[ContentPart] | None = None
 
     def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        """The message's text: its string content, or its text parts joined."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text or "" for part in self.content or [] if part.type == "text")
 
 
 class ChatRequest(BaseModel):
-    """`POST /v1/chat/completions`: the OpenAI fields used here; other OpenAI fields are accepted and ignored."""
+    """`POST /v1/chat/completions`: the fields the router reads are checked here; every field of the body
+    (tools, response_format, stop, seed, ...) is passed on to the target (see backends.ChatCall)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -104,18 +119,19 @@ class ChatRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     router: RoutingOptions = Field(default_factory=RoutingOptions)
 
-    def prompt(self) -> str:
-        """The text that is routed: the last user message."""
-        users = [m.text() for m in self.messages if m.role == "user"]
-        if not users or not users[-1].strip():
+    def routed_text(self, mode: RoutedText) -> str:
+        """The text that is routed: the last user message (`last_user`), the system prompt(s) and the last user
+        message (`system_and_last_user`), or the whole conversation (`conversation`, one "role: text" line per
+        message; the encoder keeps its end when it is too long)."""
+        users = [m for m in self.messages if m.role == "user"]
+        if not users or not users[-1].text().strip():
             raise ApiError(400, "messages need a non-empty user message (the last one is routed)", param="messages")
-        return users[-1]
-
-    def plain_messages(self) -> list[dict]:
-        return [{"role": m.role, "content": m.text()} for m in self.messages]
-
-    def token_limit(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
+        if mode == "last_user":
+            return users[-1].text()
+        if mode == "system_and_last_user":
+            return "\n\n".join([m.text() for m in self.messages if m.role in ("system", "developer")]
+                               + [users[-1].text()])
+        return "\n".join(f"{m.role}: {m.text()}" for m in self.messages if m.text().strip())
 
 
 class RouteRequest(BaseModel):

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -20,9 +19,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from ray import serve
-from ray.exceptions import RayError
-from ray.serve.exceptions import RayServeException
+from ray.exceptions import RayError, RayTaskError
 from ray.serve import Application
+from ray.serve.exceptions import RayServeException
 
 from ray_router.errors import UserError, validation_message
 from ray_router.policy.config import PolicyConfig, merge_policy
@@ -37,8 +36,7 @@ from ray_router.serving.api import (
     json_depth,
 )
 from ray_router.serving.backends import (
-    Completion,
-    GenerationParams,
+    ChatCall,
     LocalBackend,
     OpenAIBackend,
     TargetError,
@@ -100,7 +98,8 @@ class Ingress:
             self.metrics.error(endpoint, error.status)
             return JSONResponse(error.body(), status_code=error.status)
 
-    async def _read(self, request: Request, model: type[BaseModel]) -> BaseModel:
+    async def _read(self, request: Request, model: type[BaseModel]) -> tuple[BaseModel, dict]:
+        """The body, checked against `model`, and as the JSON object it was."""
         limit = self.args.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -118,19 +117,19 @@ class Ingress:
         if not isinstance(data, dict):
             raise ApiError(400, f"the body must be a JSON object, got {type(data).__name__}")
         try:
-            return model.model_validate(data)
+            return model.model_validate(data), data
         except ValidationError as err:
             raise ApiError(400, f"invalid request: {validation_message(err)}") from None
 
-    def _policy(self, options: RoutingOptions, chat: bool) -> PolicyConfig:
-        """The request's fields over the app's default policy (see merge_policy). For chat, `allowed`
-        defaults to the targets with a backend."""
+    def _policy(self, options: RoutingOptions, call: ChatCall | None = None) -> PolicyConfig:
+        """The request's fields over the app's default policy (see merge_policy). For a chat `call`, `allowed`
+        defaults to the targets with a backend, and only backends that honour every field of the call stay."""
         try:
             policy = merge_policy(self.default_policy, options.overrides())
             allowed_mask(self.targets, policy.allowed)
         except UserError as err:
             raise ApiError(400, str(err), param="router") from None
-        if chat:
+        if call is not None:
             allowed = policy.allowed or [t for t in self.targets if t in self.backends]
             unbound = [t for t in allowed if t not in self.backends]
             if unbound:
@@ -138,10 +137,17 @@ class Ingress:
                                param="router.allowed")
             if not allowed:
                 raise ApiError(400, "no target has a backend: this deployment only serves /v1/route")
-            policy = policy.model_copy(update={"allowed": allowed})
+            refused = {t: self.backends[t].unsupported(call) for t in allowed}
+            able = [t for t in allowed if not refused[t]]
+            if not able:
+                fields = sorted({f for fs in refused.values() for f in fs})
+                raise ApiError(400, f"no allowed target can honour {', '.join(fields)} (local backends answer "
+                                    "text only)", param=fields[0])
+            policy = policy.model_copy(update={"allowed": able})
         return policy
 
-    async def _decide(self, endpoint: str, prompts: list[str], policy: PolicyConfig) -> tuple[list[dict], dict]:
+    async def _decide(self, endpoint: str, prompts: list[str], policy: PolicyConfig,
+                      max_cost_usd: float | None = None) -> tuple[list[dict], dict]:
         start = time.perf_counter()
         try:
             features = await asyncio.wait_for(
@@ -150,10 +156,14 @@ class Ingress:
             if refused:
                 raise ApiError(400, "; ".join(f"prompt {i}: {message}" for i, message in refused), param="prompts")
             encoded = time.perf_counter()
-            decisions = await asyncio.wait_for(self.head.decide.remote(features, prompts, policy.model_dump()),
-                                               DECISION_TIMEOUT_S)
+            decisions = await asyncio.wait_for(
+                self.head.decide.remote(features, prompts, policy.model_dump(), max_cost_usd), DECISION_TIMEOUT_S)
         except asyncio.TimeoutError:
             raise ApiError(504, f"routing decision took longer than {DECISION_TIMEOUT_S} s", kind="timeout") from None
+        except RayTaskError as err:
+            if not isinstance(err.cause, UserError):
+                raise
+            raise ApiError(400, str(err.cause), param="router") from None
         except (RayError, RayServeException) as err:  # a replica died or restarts: Serve replaces it
             logger.warning("routing decision failed: %s", err)
             raise ApiError(503, f"the router's {type(err).__name__}: a replica failed; retry the request",
@@ -181,13 +191,13 @@ class Ingress:
     @api.post("/v1/route")
     async def route(self, request: Request):
         async def work():
-            body = await self._read(request, RouteRequest)
+            body, _ = await self._read(request, RouteRequest)
             prompts = body.all_prompts()
             if len(prompts) > self.args.max_prompts:
                 raise ApiError(413, f"{len(prompts)} prompts in one request exceed the limit of "
                                     f"{self.args.max_prompts}", param="prompts")
-            policy = self._policy(body.router, chat=False)
-            decisions, latency = await self._decide("route", prompts, policy)
+            policy = self._policy(body.router)
+            decisions, latency = await self._decide("route", prompts, policy, body.router.max_cost_usd)
             for decision in decisions:
                 self.metrics.answered("route", decision["target"])
             return {"decisions": decisions, "policy": policy.model_dump(mode="json"), "feature_schema": self.schema_id,
@@ -198,26 +208,30 @@ class Ingress:
     @api.post("/v1/chat/completions")
     async def chat(self, request: Request):
         async def work():
-            body = await self._read(request, ChatRequest)
-            prompt = body.prompt()
-            params = GenerationParams(body.plain_messages(), body.token_limit(), body.temperature)
+            body, data = await self._read(request, ChatRequest)
+            call = ChatCall({k: v for k, v in data.items() if k != "router"})
             if body.model == ROUTER_MODEL:
-                policy = self._policy(body.router, chat=True)
-                decisions, latency = await self._decide("chat", [prompt], policy)
+                prompt = body.routed_text(body.router.routed_text or self.args.routed_text)
+                policy = self._policy(body.router, call)
+                decisions, latency = await self._decide("chat", [prompt], policy, body.router.max_cost_usd)
                 decision = decisions[0]
                 routing = {"mode": "routed", "policy": policy.model_dump(mode="json"), "feature_schema": self.schema_id,
                            "decision": decision, "decision_latency_ms": latency}
                 candidates = [decision["target"], *decision["fallbacks"]]
             elif body.model in self.backends:
+                refused = self.backends[body.model].unsupported(call)
+                if refused:
+                    raise ApiError(400, f"target {body.model!r} cannot honour {', '.join(refused)} (a local backend "
+                                        "answers text only)", param=refused[0])
                 routing, candidates = {"mode": "pass-through"}, [body.model]
             elif body.model in self.targets:
                 raise ApiError(400, f"target {body.model!r} has no backend (not routable for chat)", param="model")
             else:
                 raise ApiError(404, f"unknown model {body.model!r}: use {ROUTER_MODEL!r} or one of "
                                     f"{', '.join(self.backends)}", param="model", code="model_not_found")
-            if body.stream:
-                return await self._stream(params, candidates, routing)
-            return await self._complete(params, candidates, routing)
+            if call.stream:
+                return await self._stream(call, candidates, routing)
+            return await self._complete(call, candidates, routing)
 
         return await self._respond("chat", request, work)
 
@@ -246,68 +260,60 @@ class Ingress:
                         "x-router-feature-schema": routing["feature_schema"]}
         return meta, headers
 
-    async def _complete(self, params: GenerationParams, candidates: list[str], routing: dict) -> JSONResponse:
+    async def _complete(self, call: ChatCall, candidates: list[str], routing: dict) -> JSONResponse:
+        """The first target that answers: its completion unchanged but for `model` (the target's name), with the
+        router's metadata added."""
         attempts: list[dict] = []
         for target in candidates:
             start = time.perf_counter()
             try:
-                completion: Completion = await self.backends[target].complete(params)
+                completion = await self.backends[target].complete(call)
             except TargetError as err:
                 self._failed(attempts, target, err, start)
                 continue
             attempts.append({"target": target, "ok": True, "latency_ms": _ms(start)})
             self.metrics.answered("chat", target)
             meta, headers = self._metadata(target, routing, attempts)
-            body = {
-                "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": target,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text},
-                             "finish_reason": completion.finish_reason}],
-                "usage": {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
-                          "total_tokens": completion.prompt_tokens + completion.completion_tokens},
-                "router": meta,
-            }
-            return JSONResponse(body, headers=headers)
+            return JSONResponse({**completion, "model": target, "router": meta}, headers=headers)
         raise self._all_failed(attempts)
 
-    async def _stream(self, params: GenerationParams, candidates: list[str], routing: dict) -> StreamingResponse:
-        """SSE chunks; a target is abandoned for the next only before its first piece arrives."""
+    async def _stream(self, call: ChatCall, candidates: list[str], routing: dict) -> StreamingResponse:
+        """SSE chunks relayed from the first target whose stream starts; a target is abandoned for the next only
+        before its first chunk, so a partly sent stream is never repeated."""
         attempts: list[dict] = []
         for target in candidates:
             start = time.perf_counter()
-            pieces = self.backends[target].stream(params)
+            chunks = self.backends[target].stream(call)
             try:
-                first = await anext(pieces, None)
+                first = await anext(chunks, None)
             except TargetError as err:
                 self._failed(attempts, target, err, start)
                 continue
             attempts.append({"target": target, "ok": True, "latency_ms": _ms(start)})
             self.metrics.answered("chat", target)
             meta, headers = self._metadata(target, routing, attempts)
-            return StreamingResponse(self._sse(target, first, pieces, meta), media_type="text/event-stream",
+            return StreamingResponse(self._sse(target, first, chunks, meta), media_type="text/event-stream",
                                      headers=headers | {"cache-control": "no-cache"})
         raise self._all_failed(attempts)
 
-    async def _sse(self, target: str, first: str | None, pieces: AsyncIterator[str], meta: dict) -> AsyncIterator[str]:
-        chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    async def _sse(self, target: str, first: dict | None, chunks: AsyncIterator[dict], meta: dict
+                   ) -> AsyncIterator[str]:
+        """The target's chunks with `model` set to the target and the router's metadata in the first one; a
+        stream broken midway ends with an error event and a chunk whose finish_reason is "error"."""
+        def event(chunk: dict) -> str:
+            return f"data: {json.dumps({**chunk, 'model': target})}\n\n"
 
-        def chunk(delta: dict, finish_reason: str | None = None, **extra) -> str:
-            body = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": target,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
-            return f"data: {json.dumps(body)}\n\n"
-
-        yield chunk({"role": "assistant", "content": ""}, router=meta)
-        finish = "stop"
+        if first is None:
+            first = {"object": "chat.completion.chunk", "choices": []}
+        yield event({**first, "router": meta})
         try:
-            if first is not None:
-                yield chunk({"content": first})
-                async for piece in pieces:
-                    yield chunk({"content": piece})
+            async for chunk in chunks:
+                yield event(chunk)
         except TargetError as err:
             self.metrics.error("chat", 502)
             yield f"data: {json.dumps({'error': {'message': str(err), 'type': 'upstream_error'}})}\n\n"
-            finish = "error"
-        yield chunk({}, finish_reason=finish)
+            yield event({"id": first.get("id"), "object": "chat.completion.chunk", "created": first.get("created"),
+                         "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}]})
         yield "data: [DONE]\n\n"
 
 

@@ -98,6 +98,8 @@ class ServeArgs(_Strict):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
     max_json_depth: int = Field(32, ge=4, description="bodies nested deeper (arrays, objects) get 400")
     max_prompts: int = Field(64, ge=1, description="a /v1/route request with more prompts gets 413")
+    routed_text: Literal["last_user", "system_and_last_user", "conversation"] = Field(
+        "last_user", description="chat: what is routed (a request's router.routed_text overrides it)")
     head: ReplicaResources = Field(default_factory=ReplicaResources, description="the RouterHead replicas")
     ingress: ReplicaResources = Field(default_factory=ReplicaResources, description="the Ingress replicas")
 

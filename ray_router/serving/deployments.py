@@ -75,17 +75,22 @@ class RouterHead:
         return {"targets": self.router.targets, "default_policy": self.default_policy.model_dump(),
                 "feature_schema": self.router.schema_id}
 
-    def decide(self, features: list[dict[str, np.ndarray]], prompts: list[str], policy: dict) -> list[dict]:
-        """One decision per prompt: target, fallbacks (in order), probability and expected cost per target."""
+    def decide(self, features: list[dict[str, np.ndarray]], prompts: list[str], policy: dict,
+               max_cost_usd: float | None = None) -> list[dict]:
+        """One decision per prompt: target, fallbacks (in order), probability and expected cost per target, and
+        with `max_cost_usd` that limit and whether it `bound` (changed the choice). UserError when the request
+        cannot be decided (nothing left under the cost limit)."""
         stacked = {key: np.stack([f[key] for f in features]) for key in self.router.required_keys}
-        decisions = self.router.decide(stacked, prompts, PolicyConfig.model_validate(policy))
+        decisions = self.router.decide(stacked, prompts, PolicyConfig.model_validate(policy), max_cost_usd)
         targets = self.router.targets
+        limits = {} if max_cost_usd is None else {"max_cost_usd": max_cost_usd}
         return [
             {
                 "target": ranked[0],
                 "fallbacks": ranked[1:],
                 "probabilities": dict(zip(targets, decisions.proba[i].tolist())),
                 "expected_cost_usd": dict(zip(targets, decisions.expected_cost[i].tolist())),
+                **(limits and {**limits, "bound": decisions.bound[i]}),
             }
             for i, ranked in enumerate(decisions.fallback_names())
         ]
