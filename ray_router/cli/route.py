@@ -38,7 +38,7 @@ from ray_router.cli.options import (
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @ray_address_option
 def route(bundle, input_path, out, kind, tau, lam, budget, anchor, margin, allowed, prompt_col, id_col, batch_size,
-          concurrency, num_gpus_per_worker, cpus_per_worker, limit, as_json, address):
+          shard_rows, concurrency, num_gpus_per_worker, cpus_per_worker, limit, as_json, address):
     """Route every query of INPUT with the router BUNDLE; decisions and a summary go to OUT (resumable)."""
     from dataclasses import asdict
 
