@@ -6,8 +6,8 @@ from ray_router.cli.options import (
     ChoiceList,
     IntList,
     batch_size_option,
-    shard_rows_option,
     ray_address_option,
+    shard_rows_option,
     worker_options,
     worker_resources,
 )

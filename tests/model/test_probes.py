@@ -8,10 +8,10 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.preprocessing import StandardScaler
 
 from ray_router.model.probes import (
-    rank_auc,
     effective_dimensionality,
     fisher_separability,
     probe_auc,
+    rank_auc,
     reduce_features,
 )
 

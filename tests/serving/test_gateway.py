@@ -10,12 +10,13 @@ import time
 import httpx
 import numpy as np
 import pytest
-from upstream import Upstream, chunks, completion
 
 from ray_router.data.routing_dataset import RoutingDataset
 from ray_router.model.router_training import RouterTrainConfig, train_router
 from ray_router.router import Router
 from ray_router.serving.api import ChatRequest
+
+from upstream import Upstream, chunks, completion
 
 pytestmark = pytest.mark.ray
 
