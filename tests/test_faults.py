@@ -1,6 +1,8 @@
 """Faults in the sharded jobs: a worker actor killed mid-run, the driver killed mid-run and the job run again.
-Whatever happens, the output holds every query exactly once and finished shards are never recomputed."""
+Whatever happens, the output holds every query exactly once and finished shards are never recomputed. And a
+training run whose driver is killed mid-way resumes from its checkpoint to the bundle an uninterrupted run writes."""
 
+import json
 import os
 import re
 import signal
@@ -10,13 +12,21 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
+import yaml
+from safetensors.numpy import load_file
 
+from ray_router import Router
 from ray_router.data.routing_dataset import RoutingDataset
 from ray_router.features.extraction import extract_features
+from ray_router.features.feature_set import FeatureSet
 from ray_router.features.schema import EncoderConfig
+from ray_router.model.router_training import RouterTrainConfig, train_router
+from ray_router.model.training import MEMBER_FILE_GLOB, Member
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -71,7 +81,8 @@ def test_extraction_survives_a_killed_driver(small_routerbench, tmp_path):
 
 def _kill_a_pool_actor(class_fragment: str) -> int:
     """SIGKILL the process of one live actor of the job's pool (as the kernel's OOM killer would); its pid."""
-    from ray._private import state  # the GCS actor table of this driver's cluster (no dashboard needed)
+    # the GCS actor table of this driver's cluster (no dashboard needed)
+    from ray._private import state
 
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -121,7 +132,6 @@ def test_extraction_survives_a_killed_worker(small_routerbench, ray_cluster, tmp
 
 def test_batch_routing_survives_a_killed_worker(small_routerbench, small_features, ray_cluster, tmp_path):
     from ray_router.batch.routing import route_queries
-    from ray_router.model.router_training import RouterTrainConfig, train_router
 
     dataset = RoutingDataset.read(small_routerbench)
     bundle = tmp_path / "router"
@@ -142,3 +152,106 @@ def test_batch_routing_survives_a_killed_worker(small_routerbench, small_feature
     after = {shard.name: shard.stat().st_mtime_ns for shard in (out / "shards").glob("part-*.parquet")}
     assert {name: after.get(name) for name in finished} == finished
     assert (out / "manifest.json").exists() and not (out / "queue").exists()
+
+
+# A small, fully reproducible ensemble: 6 seeds x 10 epochs on 2 Ray Train workers reporting every epoch, so a
+# checkpoint follows each round of finished members (2, 4, then all 6): the test kills the driver after the first.
+TRAIN_CONFIG = {
+    "pca_k": 16, "blocks": "all-layers", "calibrate": False,
+    "trainer": {"hidden": [32, 16], "dropout": [0.1, 0.1], "batch_size": 64, "max_epochs": 10, "patience": 10,
+                "n_seeds": 6, "keep_best": 3},
+    "run": {"num_workers": 2, "report_interval_s": 0},
+}
+
+
+def _train_config(storage: Path) -> dict:
+    return {**TRAIN_CONFIG, "run": {**TRAIN_CONFIG["run"], "storage_path": str(storage)}}
+
+
+def _latest_checkpoint(storage: Path) -> Path | None:
+    """The checkpoint folder that the Ray Train run snapshot under `storage` names as the latest (None: none yet)."""
+    for snapshot in storage.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]
+        except (ValueError, KeyError):  # being written
+            return None
+        return snapshot.parent / latest["checkpoint_dir_name"] if latest else None
+    return None
+
+
+def _members(checkpoint: Path | None) -> dict[int, Member]:
+    """The ensemble members a checkpoint holds, by seed."""
+    paths = sorted(checkpoint.glob(MEMBER_FILE_GLOB)) if checkpoint else []
+    return {member.seed_index: member for member in map(Member.load, paths)}
+
+
+def _kill_session(session: int) -> None:
+    """SIGKILL every process of `session`: a driver started with start_new_session=True and the local Ray cluster
+    it started. Ray puts each worker in a process group of its own, so killing the driver's group alone would
+    leave the Ray Train controller and workers training (and checkpointing) for a while."""
+    for _ in range(100):
+        alive = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                state, _ppid, _pgrp, sid = stat.read_text().rsplit(")", 1)[1].split()[:4]
+            except (OSError, IndexError):  # gone meanwhile
+                continue
+            if int(sid) == session and state not in "ZX":  # zombies are dead already
+                alive.append(int(stat.parent.name))
+        if not alive:
+            return
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+    raise AssertionError(f"processes of session {session} survive SIGKILL: {alive}")
+
+
+def test_training_resumes_after_a_killed_driver_to_the_same_bundle(small_routerbench, small_features, ray_cluster,
+                                                                  tmp_path):
+    n_seeds = TRAIN_CONFIG["trainer"]["n_seeds"]
+    storage, bundle, config_path = tmp_path / "train-A", tmp_path / "router-A", tmp_path / "train.yaml"
+    config_path.write_text(yaml.safe_dump(_train_config(storage)))
+    command = [str(RAY_ROUTER), "train", "--data", str(small_routerbench), "--features", str(small_features),
+               "--out", str(bundle), "--config", str(config_path)]
+    env = {**os.environ, "RAY_ADDRESS": "local"}  # a private cluster for the killed driver
+    driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not _members(_latest_checkpoint(storage)):  # kill it once a checkpoint holds a finished member
+            assert driver.poll() is None, "the training ended before its first checkpoint"
+            assert time.time() < deadline, f"no checkpoint under {storage} after 240 s"
+            time.sleep(0.05)
+    finally:
+        _kill_session(driver.pid)  # the driver and its whole Ray cluster, as when its machine dies
+        driver.wait()
+    before = _members(_latest_checkpoint(storage))  # what the rerun resumes from (a later one may have come)
+    assert 1 <= len(before) < n_seeds and not bundle.exists()  # killed mid-way
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "A run snapshot was found" in done.stderr  # Ray Train's log: it resumed the run, not a fresh one
+    after = _members(_latest_checkpoint(storage))
+    assert sorted(after) == list(range(n_seeds))
+    for seed, member in before.items():  # loaded from the killed run's checkpoint, not trained again
+        assert after[seed].trained_in == member.trained_in
+        assert all(torch.equal(after[seed].state_dict[k], v) for k, v in member.state_dict.items())
+    rerun_ids = {after[s].trained_in for s in after if s not in before}  # only the missing seeds were trained
+    assert len(rerun_ids) == 1 and rerun_ids.isdisjoint(m.trained_in for m in before.values())
+
+    reference = tmp_path / "router-B"  # the same training, never interrupted, in its own run folder
+    uninterrupted = train_router(str(small_routerbench), str(small_features), str(reference), use_ray=True,
+                                 config=RouterTrainConfig.model_validate(_train_config(tmp_path / "train-B")))
+    assert uninterrupted.model.ensemble_.resumed == []
+
+    resumed, expected = Router.load(bundle), Router.load(reference)
+    tensors, expected_tensors = load_file(bundle / "head.safetensors"), load_file(reference / "head.safetensors")
+    assert sorted(tensors) == sorted(expected_tensors)
+    assert all(np.array_equal(tensors[name], expected_tensors[name]) for name in expected_tensors)  # bit for bit
+    assert resumed.manifest.validation == expected.manifest.validation  # member losses, kept seeds, holdout scores
+    features = FeatureSet.open(str(small_features)).load(RoutingDataset.read(small_routerbench).query_ids[::5],
+                                                          expected.required_keys)
+    np.testing.assert_array_equal(resumed.predict_proba(features), expected.predict_proba(features))
