@@ -55,6 +55,30 @@ def _unchanged(shards: list[Path]) -> dict[str, int]:
     return {shard.name: shard.stat().st_mtime_ns for shard in shards}
 
 
+def _kill_session(session: int) -> None:
+    """SIGKILL every process of `session`: a driver started with start_new_session=True and the local Ray cluster
+    it started. Ray puts each worker in a process group of its own, so killing the driver's group alone would
+    leave the Ray Train controller and workers training (and checkpointing) for a while."""
+    for _ in range(100):
+        alive = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                state, _ppid, _pgrp, sid = stat.read_text().rsplit(")", 1)[1].split()[:4]
+            except (OSError, IndexError):  # gone meanwhile
+                continue
+            if int(sid) == session and state not in "ZX":  # zombies are dead already
+                alive.append(int(stat.parent.name))
+        if not alive:
+            return
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+    raise AssertionError(f"processes of session {session} survive SIGKILL: {alive}")
+
+
 def test_extraction_survives_a_killed_driver(small_routerbench, tmp_path):
     out = tmp_path / "features"
     command = [str(RAY_ROUTER), "extract", "--data", str(small_routerbench), "--encoder", CONFIG.encoder,
@@ -65,7 +89,7 @@ def test_extraction_survives_a_killed_driver(small_routerbench, tmp_path):
     try:
         finished = _unchanged(_wait_for_shards(out, 2, lambda: driver.poll() is None))
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)
+        _kill_session(driver.pid)  # the driver and its whole Ray cluster, as when its machine dies
         driver.wait()
     assert not (out / "manifest.json").exists()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=480)
@@ -183,30 +207,6 @@ def _members(checkpoint: Path | None) -> dict[int, Member]:
     """The ensemble members a checkpoint holds, by seed."""
     paths = sorted(checkpoint.glob(MEMBER_FILE_GLOB)) if checkpoint else []
     return {member.seed_index: member for member in map(Member.load, paths)}
-
-
-def _kill_session(session: int) -> None:
-    """SIGKILL every process of `session`: a driver started with start_new_session=True and the local Ray cluster
-    it started. Ray puts each worker in a process group of its own, so killing the driver's group alone would
-    leave the Ray Train controller and workers training (and checkpointing) for a while."""
-    for _ in range(100):
-        alive = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                state, _ppid, _pgrp, sid = stat.read_text().rsplit(")", 1)[1].split()[:4]
-            except (OSError, IndexError):  # gone meanwhile
-                continue
-            if int(sid) == session and state not in "ZX":  # zombies are dead already
-                alive.append(int(stat.parent.name))
-        if not alive:
-            return
-        for pid in alive:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.1)
-    raise AssertionError(f"processes of session {session} survive SIGKILL: {alive}")
 
 
 def test_training_resumes_after_a_killed_driver_to_the_same_bundle(small_routerbench, small_features, ray_cluster,
