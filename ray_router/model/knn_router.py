@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ray_router.errors import UserError, validated
 from ray_router.evaluation.metrics import target_accuracy
 from ray_router.features.schema import Features
-from ray_router.model.preprocessing import BlockPreprocessor, block_keys
+from ray_router.model.preprocessing import BlockPreprocessor, block_keys, target_blocks
 
 DEFAULT_K_GRID = (1, 2, 5, 10, 20, 50, 100, 200, 400)
 # Probabilities are clipped to [LOG_LOSS_EPS, 1 - LOG_LOSS_EPS] inside the validation log-loss.
@@ -191,14 +191,7 @@ class BlockKnnRouter:
             Y_val: np.ndarray | None = None) -> BlockKnnRouter:
         """Fit the block's scaler and PCA on X, then the kNN on the reduced rows (k chosen on the validation
         rows unless ``k`` is given)."""
-        Y = np.asarray(Y, dtype=np.float64)
-        if Y.ndim != 2:
-            raise UserError(f"labels must be (n, K), got shape {Y.shape}")
-        missing = [key for key in block_keys(self.block) if key not in X]
-        if missing:
-            raise UserError(f"features {missing[:3]} are missing (have: {sorted(X)[:6]}...)")
-        width = sum(X[key].shape[1] for key in block_keys(self.block))
-        block = (self.block, min(self.pca_k, len(Y) - 1, width))
+        Y, (block, *_) = target_blocks(self.block, self.pca_k, X, Y)
         preprocessor = BlockPreprocessor([block]).fit(X)
         reduced_val = None if X_val is None else preprocessor.transform(X_val)
         knn = KnnRouter(self.k, self.k_grid, self.prior_strength).fit(preprocessor.transform(X), Y, reduced_val, Y_val)

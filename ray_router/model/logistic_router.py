@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from ray_router.errors import UserError, validated
 from ray_router.evaluation.metrics import target_accuracy
 from ray_router.features.schema import Features
-from ray_router.model.preprocessing import Block, BlockPreprocessor, block_keys
+from ray_router.model.preprocessing import Block, BlockPreprocessor, block_keys, target_blocks
 
 MAX_ITER = 1000  # lbfgs iterations: far more than the regularised fits on <= a few hundred PCA dims need
 TENSOR_NAMES = ("coef", "intercept", "constant_proba")
@@ -45,17 +45,7 @@ class LogisticRouter:
 
     def fit(self, X: Features, Y: np.ndarray) -> LogisticRouter:
         """Fit the blocks' scalers and PCAs on X, then every target's regression on its known labels."""
-        Y = np.asarray(Y, dtype=np.float64)
-        if Y.ndim != 2:
-            raise UserError(f"labels must be (n, K), got shape {Y.shape}")
-        specs = [self.blocks] * Y.shape[1] if isinstance(self.blocks, str) else list(self.blocks)
-        if len(specs) != Y.shape[1]:
-            raise UserError(f"{len(specs)} feature blocks for {Y.shape[1]} targets")
-        missing = sorted({key for spec in specs for key in block_keys(spec)} - set(X))
-        if missing:
-            raise UserError(f"features {missing[:3]} are missing (have: {sorted(X)[:6]}...)")
-        width = {spec: sum(X[key].shape[1] for key in block_keys(spec)) for spec in specs}
-        blocks = [(spec, min(self.pca_k, len(Y) - 1, width[spec])) for spec in specs]
+        Y, blocks = target_blocks(self.blocks, self.pca_k, X, Y)
         preprocessor = BlockPreprocessor(blocks).fit(X)
         reduced = preprocessor.transform_blocks(X)
         coef = np.zeros((len(blocks), max(k for _, k in blocks)))

@@ -25,6 +25,25 @@ def block_spec(keys) -> str:
 def block_keys(spec: str) -> list[str]:
     """The feature keys a block spec reads."""
     return spec.split(BLOCK_JOIN)
+
+
+def target_blocks(blocks, pca_k: int, features: dict[str, np.ndarray], labels) -> tuple[np.ndarray, list[Block]]:
+    """The labels as a float (n, K) array and one block per target, for a head about to be fitted.
+
+    `blocks` is one spec for every target or a sequence of one spec per target; each block's k is `pca_k`
+    capped at n - 1 and the block's width. UserError on labels that are not (n, K), a wrong number of
+    specs, or a feature the specs read that `features` lacks."""
+    labels = np.asarray(labels, dtype=np.float64)
+    if labels.ndim != 2:
+        raise UserError(f"labels must be (n, K), got shape {labels.shape}")
+    specs = [blocks] * labels.shape[1] if isinstance(blocks, str) else list(blocks)
+    if len(specs) != labels.shape[1]:
+        raise UserError(f"{len(specs)} feature blocks for {labels.shape[1]} targets")
+    missing = sorted({key for spec in specs for key in block_keys(spec)} - set(features))
+    if missing:
+        raise UserError(f"features {missing[:3]} are missing (have: {sorted(features)[:6]}...)")
+    width = {spec: sum(features[key].shape[1] for key in block_keys(spec)) for spec in set(specs)}
+    return labels, [(spec, min(pca_k, len(labels) - 1, width[spec])) for spec in specs]
 _PARAM_NAMES = ("scaler_mean", "scaler_scale", "pca_mean", "pca_components")
 
 

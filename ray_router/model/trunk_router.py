@@ -11,7 +11,7 @@ import torch
 
 from ray_router.errors import UserError, validation_message
 from ray_router.features.schema import Features
-from ray_router.model.preprocessing import Block, BlockPreprocessor, block_keys
+from ray_router.model.preprocessing import Block, BlockPreprocessor, block_keys, target_blocks
 from ray_router.model.training import (
     EnsembleResult,
     TrainRunConfig,
@@ -70,17 +70,7 @@ class SharedTrunkRouter:
 
     def fit(self, X: Features, Y: np.ndarray) -> SharedTrunkRouter:
         """Fit the blocks' scalers and PCAs and train the ensemble on (X, Y); Y is (n, K) with NaN = unknown."""
-        Y = np.asarray(Y, dtype=np.float64)
-        if Y.ndim != 2:
-            raise UserError(f"labels must be (n, K), got shape {Y.shape}")
-        specs = [self.blocks] * Y.shape[1] if isinstance(self.blocks, str) else list(self.blocks)
-        if len(specs) != Y.shape[1]:
-            raise UserError(f"{len(specs)} feature blocks for {Y.shape[1]} targets")
-        missing = sorted({key for spec in specs for key in block_keys(spec)} - set(X))
-        if missing:
-            raise UserError(f"features {missing[:3]} are missing (have: {sorted(X)[:6]}...)")
-        width = {spec: sum(X[key].shape[1] for key in block_keys(spec)) for spec in specs}
-        blocks = [(spec, min(self.pca_k, len(Y) - 1, width[spec])) for spec in specs]
+        Y, blocks = target_blocks(self.blocks, self.pca_k, X, Y)
         inputs = list(dict.fromkeys(blocks)) if self.unique_inputs else blocks
         preprocessor = BlockPreprocessor(inputs).fit(X)
         ensemble = fit_ensemble(preprocessor.transform(X), Y, self.config, self.run, use_ray=self.use_ray)
