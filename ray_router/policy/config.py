@@ -29,8 +29,9 @@ class PolicyConfig(pydantic.BaseModel):
       the mean cost per query stays <= ``budget``; ``lam`` must be given explicitly for this kind.
     - ``anchored``: the ``anchor`` target (the best single target on validation) unless another target's p
       beats the anchor's by more than ``margin`` (then the highest p); with ``tau`` > 0 (default 0 for this
-      kind), the cheapest target whose p is at most ``tau`` below the anchor's. ``anchor`` and ``margin`` are fitted on validation data
-      by ``fit_anchored``, so that at tau = 0 validation accuracy is never below the anchor's.
+      kind), the cheapest target whose p is at most ``tau`` below that choice's (tau = 1: always the
+      cheapest). ``anchor`` and ``margin`` are fitted on validation data by ``fit_anchored``, so that at
+      tau = 0 validation accuracy is never below the anchor's.
     ``allowed`` restricts every policy to a subset of target names (None: all targets).
     """
 

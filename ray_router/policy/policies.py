@@ -193,8 +193,7 @@ def _tolerance_keys(
 ) -> tuple[np.ndarray, ...]:
     """Within-tau targets first, cheapest first (then higher p); the others after, by p then cost."""
     best = np.where(allowed, p, -np.inf).max(axis=1, keepdims=True)
-    within = p >= best - tau - TOLERANCE_SLACK
-    return ~within, np.where(within, cost, -p), np.where(within, -p, cost)
+    return _within_keys(p, cost, p >= best - tau - TOLERANCE_SLACK)
 
 
 def _anchor_index(anchor: str, target_names: list[str]) -> int:
@@ -206,20 +205,26 @@ def _anchor_index(anchor: str, target_names: list[str]) -> int:
 def _anchored_keys(
     p: np.ndarray, cost: np.ndarray, allowed: np.ndarray, anchor: int, margin: float, tau: float
 ) -> tuple[np.ndarray, ...]:
-    """Where an allowed target's p beats the anchor's by more than `margin`: highest p first (then cost).
-    Elsewhere the anchor first, or with tau > 0 the cheapest target with p >= anchor's p - tau (then the
-    others by p). An anchor that is not allowed is replaced, per query, by the allowed target of highest p."""
+    """The reference is the anchor, or where an allowed target's p beats the anchor's by more than `margin`,
+    the target of highest p. At tau = 0 the reference first (highest p first where it moved, then cost), the
+    others by p; with tau > 0 the cheapest target with p >= the reference's p - tau (then the others by p),
+    so tau = 1 is always the cheapest. An anchor that is not allowed is replaced, per query, by the allowed
+    target of highest p."""
     best = np.where(allowed, p, -np.inf).max(axis=1)
     p_anchor = p[:, anchor] if allowed[anchor] else best
     jump = (best - p_anchor > margin)[:, None]
     if tau > 0:
-        within = p >= p_anchor[:, None] - tau - TOLERANCE_SLACK
-    else:
-        within = p == p_anchor[:, None] if not allowed[anchor] else np.arange(p.shape[1]) == anchor
-        within = np.broadcast_to(within, p.shape)
-    stay = (~within, np.where(within, cost, -p), np.where(within, -p, cost))
-    move = (np.zeros_like(within), -p, cost)
+        reference = np.where(jump[:, 0], best, p_anchor)
+        return _within_keys(p, cost, p >= reference[:, None] - tau - TOLERANCE_SLACK)
+    within = p == p_anchor[:, None] if not allowed[anchor] else np.arange(p.shape[1]) == anchor
+    stay = _within_keys(p, cost, np.broadcast_to(within, p.shape))
+    move = (np.zeros_like(p, dtype=bool), -p, cost)
     return tuple(np.where(jump, m, s) for m, s in zip(move, stay))
+
+
+def _within_keys(p: np.ndarray, cost: np.ndarray, within: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Targets within the tolerance first, cheapest first (then higher p); the others after, by p then cost."""
+    return ~within, np.where(within, cost, -p), np.where(within, -p, cost)
 
 
 def fit_anchored(

@@ -192,6 +192,13 @@ def test_anchored_stays_on_the_anchor_unless_the_advantage_beats_the_margin():
     assert moved.choice.tolist() == [0, 1, 1]  # row 1: big beats mid by 0.15 > 0.1; row 3: ties stay
     cheaper = route(PROBA, COST, PolicyConfig(kind="anchored", anchor="big", margin=math.inf, tau=0.2), NAMES)
     assert cheaper.choice.tolist() == [1, 2, 2]  # the cheapest within 0.2 of the anchor's p (row 2: 0.3 >= 0.5 - 0.2)
+    moved_cheaper = route(PROBA, COST, PolicyConfig(kind="anchored", anchor="mid", margin=0.1, tau=0.2), NAMES)
+    assert moved_cheaper.choice.tolist() == [1, 1, 2]  # row 1 moved to big (0.9); mid is within 0.2 of it
+    rng = np.random.default_rng(0)
+    proba, cost = rng.random((50, 3)), rng.random((50, 3))
+    for margin in (0.0, 0.1, math.inf):  # tau = 1 is the cheapest target whatever the margin (the sweep's end)
+        cheapest = route(proba, cost, PolicyConfig(kind="anchored", anchor="mid", margin=margin, tau=1.0), NAMES)
+        assert cheapest.choice.tolist() == cost.argmin(axis=1).tolist()
     not_allowed = route(PROBA, COST, PolicyConfig(kind="anchored", anchor="big", margin=math.inf,
                                                   allowed=["mid", "small"]), NAMES)
     assert not_allowed.choice.tolist() == [1, 1, 2]  # the allowed target of highest p (cheaper on ties)
