@@ -152,20 +152,22 @@ def _router_figures(router: dict) -> dict:
         "best_accuracy": best and {k: best[k] for k in ("accuracy", "gap_closed", "cost_savings", "mean_cost",
                                                       "accuracy_vs_best_single")},
         "savings_at_best_single": None if match is None else match["cost_savings"],
+        "savings_point_vs_best_single": None if match is None else match["accuracy_vs_best_single"],
     }
 
 
 def format_figures(result: dict) -> str:
     """The figures as a Markdown table, and the paired differences with the best semantic baseline."""
     lines = ["| router | mean AUC | AIQ | best acc. | Δ vs best single [95% CI] | gap closed | savings at best-single "
-             "acc. | ECE |", "|---|---|---|---|---|---|---|---|"]
+             "acc. (val), at Δ on test | ECE |", "|---|---|---|---|---|---|---|---|"]
     for name, r in result["routers"].items():
         best = r["best_accuracy"]
         diff = best["accuracy_vs_best_single"]
-        savings = "not reached" if r["savings_at_best_single"] is None else f"{r['savings_at_best_single']:.1%}"
+        savings = "not reached" if r["savings_at_best_single"] is None else (
+            f"{r['savings_at_best_single']:.1%} at {_signed_ci(r['savings_point_vs_best_single'])}")
         lines.append(
             f"| {name} | {r['mean_auc']:.3f} | {r['aiq']:.4f} | {best['accuracy']:.1%} | "
-            f"{100 * diff['difference']:+.1f} [{100 * diff['ci_low']:+.1f}, {100 * diff['ci_high']:+.1f}] | "
+            f"{_signed_ci(diff)} | "
             f"{best['gap_closed']:.1%} | {savings} | {r['ece']:.3f} |")
     versus = result["versus_best_semantic"]
     if versus:
@@ -175,6 +177,11 @@ def format_figures(result: dict) -> str:
             lines.append(f"{stat} of the prefill router minus {result['best_semantic']}: {d['difference']:+.{digits}f} "
                          f"[{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}]")
     return "\n".join(lines)
+
+
+def _signed_ci(difference: dict) -> str:
+    """An accuracy difference and its CI in points: +0.8 [-0.3, +1.8]."""
+    return "{:+.1f} [{:+.1f}, {:+.1f}]".format(*(100 * difference[k] for k in ("difference", "ci_low", "ci_high")))
 
 
 def _sample(full: Path, n: int, out: Path) -> Path:
