@@ -44,6 +44,8 @@ def target_blocks(blocks, pca_k: int, features: dict[str, np.ndarray], labels) -
         raise UserError(f"features {missing[:3]} are missing (have: {sorted(features)[:6]}...)")
     width = {spec: sum(features[key].shape[1] for key in block_keys(spec)) for spec in set(specs)}
     return labels, [(spec, min(pca_k, len(labels) - 1, width[spec])) for spec in specs]
+
+
 _PARAM_NAMES = ("scaler_mean", "scaler_scale", "pca_mean", "pca_components")
 
 

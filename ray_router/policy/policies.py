@@ -212,14 +212,14 @@ def _anchored_keys(
     target of highest p."""
     best = np.where(allowed, p, -np.inf).max(axis=1)
     p_anchor = p[:, anchor] if allowed[anchor] else best
-    jump = (best - p_anchor > margin)[:, None]
+    jump = best - p_anchor > margin
     if tau > 0:
-        reference = np.where(jump[:, 0], best, p_anchor)
+        reference = np.where(jump, best, p_anchor)
         return _within_keys(p, cost, p >= reference[:, None] - tau - TOLERANCE_SLACK)
     within = p == p_anchor[:, None] if not allowed[anchor] else np.arange(p.shape[1]) == anchor
     stay = _within_keys(p, cost, np.broadcast_to(within, p.shape))
     move = (np.zeros_like(p, dtype=bool), -p, cost)
-    return tuple(np.where(jump, m, s) for m, s in zip(move, stay))
+    return tuple(np.where(jump[:, None], m, s) for m, s in zip(move, stay))
 
 
 def _within_keys(p: np.ndarray, cost: np.ndarray, within: np.ndarray) -> tuple[np.ndarray, ...]:
