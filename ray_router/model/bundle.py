@@ -49,6 +49,8 @@ class ValidationSummary(BaseModel):
     holdout_auc: list[float | None] | None = None
     holdout_mean_auc: float | None = None
     holdout_log_loss: float | None = None
+    holdout_aiq: float | None = Field(None, description="anchored policy's AIQ on the holdout (recorded, not used "
+                                      "to choose)")
     member_val_losses: list[float] = Field(default_factory=list, description="trunk: every member's own loss")
     kept_members: list[int] = Field(default_factory=list)
     candidates: list[dict] = Field(default_factory=list, description="each candidate's overrides and holdout scores")

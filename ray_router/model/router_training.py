@@ -22,7 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ray_router.data.routing_dataset import RoutingDataset, hash_fraction_mask
 from ray_router.errors import UserError, validation_message
-from ray_router.evaluation.metrics import expected_calibration_error, roc_auc_per_target
+from ray_router.evaluation.metrics import (
+    aiq,
+    expected_calibration_error,
+    per_target_outcomes,
+    roc_auc_per_target,
+    routed_outcome,
+)
 from ray_router.features.feature_set import FeatureSet
 from ray_router.features.schema import column_name, feature_key
 from ray_router.features.store import FeatureStore
@@ -39,7 +45,7 @@ from ray_router.model.stack_router import StackRouter
 from ray_router.model.training import TrainRunConfig, TrunkConfig
 from ray_router.model.trunk_router import SharedTrunkRouter
 from ray_router.policy.config import PolicyConfig
-from ray_router.policy.policies import fit_anchored
+from ray_router.policy.policies import default_sweep_values, fit_anchored, sweep
 from ray_router.router import Router
 
 HOLDOUT_SALT = "ray-router-holdout:"
@@ -153,6 +159,8 @@ def train_router(
     configs = [config.candidate(override) for override in config.candidates] or [config]
     if len(configs) > 1 and not len(holdout_rows):
         raise UserError("comparing candidates needs holdout rows (holdout_fraction > 0)")
+    cost_model = CostModel.fit(fit_rows)
+    holdout_cost = _holdout_cost(holdout_rows, cost_model)
     selections: dict = {}  # the layer scans, run once for all candidates
     fitted = []
     for candidate in configs:
@@ -165,21 +173,20 @@ def train_router(
         keys = list(dict.fromkeys(key for spec in specs for key in block_keys(spec)))
         model = _fit_head(candidate, specs, use_ray, feature_set.load(fit_rows.query_ids, keys), fit_rows.labels(),
                           feature_set.load(holdout_rows.query_ids, keys), holdout_rows.labels())
-        fitted.append((model, _holdout_scores(model, feature_set, holdout_rows)))
+        fitted.append((model, _holdout_scores(model, feature_set, holdout_rows, holdout_cost)))
     chosen = min(range(len(fitted)), key=lambda i: (fitted[i][1].get("holdout_log_loss", math.inf), i))
     model, scores = fitted[chosen]
     holdout_proba = None
     if len(holdout_rows):
         holdout_proba = model.predict_proba(feature_set.load(holdout_rows.query_ids, model.required_keys))
     temperatures, calibration = _calibration(configs[chosen].calibrate, holdout_proba, holdout_rows.labels())
-    cost_model = CostModel.fit(fit_rows)
     manifest = RouterManifest(
         data_hash=dataset.content_hash(),
         feature_schemas=feature_set.schemas,
         targets=dataset.target_names,
         temperatures=temperatures,
         cost_model=cost_model,
-        default_policy=_default_policy(configs[chosen], holdout_proba, holdout_rows, cost_model),
+        default_policy=_default_policy(configs[chosen], holdout_proba, holdout_rows, holdout_cost),
         validation=ValidationSummary(
             holdout_fraction=config.holdout_fraction,
             fit_rows=len(fit_rows),
@@ -234,16 +241,20 @@ def _calibration(calibrate: bool | str, holdout_proba: np.ndarray | None,
     return fit_temperatures(holdout_proba, labels).tolist(), scores
 
 
+def _holdout_cost(holdout: RoutingDataset, cost_model: CostModel) -> tuple[np.ndarray, np.ndarray]:
+    """The holdout's (expected cost the policy routes on, true cost with the expected one where unknown)."""
+    expected = cost_model.expected_cost(holdout.prompts)
+    return expected, np.where(np.isnan(holdout.costs()), expected, holdout.costs())
+
+
 def _default_policy(config: RouterTrainConfig, holdout_proba: np.ndarray | None, holdout: RoutingDataset,
-                    cost_model: CostModel) -> PolicyConfig:
+                    holdout_cost: tuple[np.ndarray, np.ndarray]) -> PolicyConfig:
     """The config's default policy; "anchored" is fitted on the router's holdout probabilities."""
     if config.default_policy != "anchored":
         return config.default_policy
     if holdout_proba is None:
         raise UserError("an anchored default policy is fitted on holdout rows (holdout_fraction > 0)")
-    expected = cost_model.expected_cost(holdout.prompts)
-    true_cost = np.where(np.isnan(holdout.costs()), expected, holdout.costs())
-    return fit_anchored(holdout_proba, holdout.labels(), true_cost, holdout.target_names)
+    return fit_anchored(holdout_proba, holdout.labels(), holdout_cost[1], holdout.target_names)
 
 
 def _trunk_losses(model: ProbaRouter) -> dict:
@@ -290,16 +301,36 @@ def target_blocks(dataset: RoutingDataset, feature_set: FeatureSet, scan: str | 
             for t in dataset.target_names}
 
 
-def _holdout_scores(model: ProbaRouter, feature_set: FeatureSet, holdout: RoutingDataset) -> dict:
-    """The router's per-target ROC-AUC on its holdout rows (None where undefined), their mean, and the mean
-    log-loss; empty without holdout rows."""
+def _holdout_scores(model: ProbaRouter, feature_set: FeatureSet, holdout: RoutingDataset,
+                    holdout_cost: tuple[np.ndarray, np.ndarray]) -> dict:
+    """The router's per-target ROC-AUC on its holdout rows (None where undefined), their mean, the mean
+    log-loss and the routing AIQ; empty without holdout rows."""
     if not len(holdout):
         return {}
     proba = model.predict_proba(feature_set.load(holdout.query_ids, model.required_keys))
     auc = roc_auc_per_target(proba, holdout.labels())
     return {"holdout_auc": [None if np.isnan(a) else float(a) for a in auc],
             "holdout_mean_auc": float(np.nanmean(auc)) if np.isfinite(auc).any() else None,
-            "holdout_log_loss": mean_log_loss(proba, holdout.labels())}
+            "holdout_log_loss": mean_log_loss(proba, holdout.labels()),
+            "holdout_aiq": _holdout_aiq(proba, holdout, holdout_cost)}
+
+
+def _holdout_aiq(proba: np.ndarray, holdout: RoutingDataset, holdout_cost: tuple[np.ndarray, np.ndarray]
+                 ) -> float | None:
+    """AIQ on the holdout of the anchored policy fitted there, tau swept, over the cheapest to the most expensive
+    target's mean cost: how `evaluate` scores routing on test, here to compare candidates (optimistic: the
+    anchor and margin are fitted on the same rows). None where no point or no cost range is defined."""
+    (expected, cost), labels, names = holdout_cost, holdout.labels(), holdout.target_names
+    policy = fit_anchored(proba, labels, cost, names)
+    outcomes = [routed_outcome(r.choice, labels, cost)
+                for r in sweep(proba, expected, policy, default_sweep_values("anchored"), names)]
+    points = np.array([(o["mean_cost"], o["accuracy"]) for o in outcomes], dtype=float)
+    points = points[np.isfinite(points).all(axis=1)]
+    single_cost = per_target_outcomes(labels, cost)["mean_cost"]
+    low, high = np.nanmin(single_cost), np.nanmax(single_cost)
+    if not len(points) or not high > low:
+        return None
+    return aiq(points[:, 0], points[:, 1], (float(low), float(high)))
 
 
 def _check_blocks(specs: list[str], feature_set: FeatureSet) -> None:
