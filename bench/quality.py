@@ -10,11 +10,12 @@ blocks, PCA k, width, dropout, weight decay) is trained on the fit rows and the 
 log-loss is kept; calibration is kept when it lowers the holdout log-loss (cross-fitted). Each ABLATION row is
 the same training with one lever switched off. One `evaluate` scores them all on the same test split, with the
 anchored policy (anchor and margin fitted on each router's validation rows, tau swept), beside the semantic
-baselines; a second evaluation with the tolerance policy is the policy's ablation row. The test split is read
-only by these evaluations. `--sample N` uses a deterministic sample of N queries (the whole test split, then
+baselines; the full router evaluated again with the tolerance and the utility policy are the policy's ablation
+rows. The test split is read only by these evaluations; every row also has its AIQ on validation, what a
+choice between rows can be made on. `--sample N` uses a deterministic sample of N queries (the whole test split, then
 the training queries with the smallest sha256(query_id)).
 
-The result JSON holds per router: mean AUC, AIQ, accuracy at the best-accuracy point (Δ vs the best single
+The result JSON holds per router: mean AUC, AIQ (test and validation), accuracy at the best-accuracy point (Δ vs the best single
 target with its bootstrap CI, gap closed), cost savings at the point matching the best single target, ECE, and
 the paired differences of mean AUC and AIQ with the best semantic baseline. See bench/README.md.
 """
@@ -61,6 +62,7 @@ ABLATION = {
     "no hyperparameter search": {"candidates": [c for c in SEARCH if not ({"pca_k", "trainer"} & set(c))]},
     "no calibration": {"calibrate": False},
 }
+POLICY_ABLATION = {"tolerance policy": "tolerance", "utility policy": "utility"}  # row name -> policy swept
 
 
 def main() -> None:
@@ -106,18 +108,22 @@ def main() -> None:
     main_bundle = train("full", {}, len(encoders))
     ablations = {name: train(name, override, 1 if name == "one encoder" else len(encoders))
                  for name, override in ABLATION.items() if name != "one encoder" or len(encoders) > 1}
-    report, tolerance = str(work / "report"), str(work / "report-tolerance")
+    report = str(work / "report")
     feature_options = [x for f in features for x in ("--features", f)]
     run("evaluate", "evaluate", "--bundle", main_bundle, "--data", data, *feature_options, "--out", report,
         "--policy", "anchored", *[x for name, path in ablations.items() for x in ("--compare", f"{name}={path}")])
-    run("evaluate-tolerance", "evaluate", "--bundle", main_bundle, "--data", data, *feature_options,
-        "--out", tolerance, "--policy", "tolerance", "--baselines", "none")
+    policy_reports = {}
+    for name, kind in POLICY_ABLATION.items():
+        folder = work / f"report-{kind}"
+        run(f"evaluate-{kind}", "evaluate", "--bundle", main_bundle, "--data", data, *feature_options,
+            "--out", str(folder), "--policy", kind, "--baselines", "none")
+        policy_reports[name] = folder / "metrics.json"
 
     result = {
         "dataset": args.dataset, "data": data, "encoders": encoders, "max_tokens": args.max_tokens,
         "sample": args.sample, "step_seconds": steps, "paper": PAPER,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **figures(Path(report) / "metrics.json", Path(tolerance) / "metrics.json"),
+        **figures(Path(report) / "metrics.json", policy_reports),
         "chosen": json.loads((Path(main_bundle) / "router.json").read_text())["validation"],
     }
     out = Path(args.out or f"bench/results/quality-{args.dataset}.json")
@@ -127,12 +133,13 @@ def main() -> None:
     print(f"wrote {out}")
 
 
-def figures(metrics_file: Path, tolerance_file: Path) -> dict:
-    """Per router the benchmark's figures, read from the evaluations' metrics.json."""
+def figures(metrics_file: Path, policy_reports: dict[str, Path]) -> dict:
+    """Per router the benchmark's figures, read from the evaluations' metrics.json (the main one, and one per
+    policy row whose first router is the full router swept with that policy)."""
     metrics = json.loads(metrics_file.read_text())
-    tolerance = json.loads(tolerance_file.read_text())["routers"][0]
     rows = {router["name"]: _router_figures(router) for router in metrics["routers"]}
-    rows["tolerance policy"] = _router_figures(tolerance)
+    for name, path in policy_reports.items():
+        rows[name] = _router_figures(json.loads(path.read_text())["routers"][0])
     semantic = [r for r in metrics["routers"] if r["name"].startswith("semantic")]
     best_semantic = max(semantic, key=lambda r: r["aiq"])["name"] if semantic else None
     versus = next((c for c in metrics["comparisons"] if c["other"] == best_semantic), None)
@@ -148,7 +155,8 @@ def figures(metrics_file: Path, tolerance_file: Path) -> dict:
 def _router_figures(router: dict) -> dict:
     best, match = (router["operating_points"][p]["test"] for p in ("best_accuracy", "match_best_single"))
     return {
-        "mean_auc": router["probability"]["mean_auc"], "aiq": router["aiq"], "ece": router["probability"]["ece"],
+        "mean_auc": router["probability"]["mean_auc"], "aiq": router["aiq"], "val_aiq": router["val_aiq"],
+        "ece": router["probability"]["ece"],
         "best_accuracy": best and {k: best[k] for k in ("accuracy", "gap_closed", "cost_savings", "mean_cost",
                                                       "accuracy_vs_best_single")},
         "savings_at_best_single": None if match is None else match["cost_savings"],
@@ -158,15 +166,15 @@ def _router_figures(router: dict) -> dict:
 
 def format_figures(result: dict) -> str:
     """The figures as a Markdown table, and the paired differences with the best semantic baseline."""
-    lines = ["| router | mean AUC | AIQ | best acc. | Δ vs best single [95% CI] | gap closed | savings at best-single "
-             "acc. (val), at Δ on test | ECE |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| router | mean AUC | AIQ | val. AIQ | best acc. | Δ vs best single [95% CI] | gap closed | savings at "
+             "best-single acc. (val), at Δ on test | ECE |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["routers"].items():
         best = r["best_accuracy"]
         diff = best["accuracy_vs_best_single"]
         savings = "not reached" if r["savings_at_best_single"] is None else (
             f"{r['savings_at_best_single']:.1%} at {_signed_ci(r['savings_point_vs_best_single'])}")
         lines.append(
-            f"| {name} | {r['mean_auc']:.3f} | {r['aiq']:.4f} | {best['accuracy']:.1%} | "
+            f"| {name} | {r['mean_auc']:.3f} | {r['aiq']:.4f} | {r['val_aiq']:.4f} | {best['accuracy']:.1%} | "
             f"{_signed_ci(diff)} | "
             f"{best['gap_closed']:.1%} | {savings} | {r['ece']:.3f} |")
     versus = result["versus_best_semantic"]

@@ -9,7 +9,8 @@ undefined number and None what does not apply (no validation split, an operating
 For every probability router (prefill router, semantic trunk net, kNN, task label):
 - probability quality on test: per-target ROC-AUC and their mean, Brier score, ECE, calibration bins;
 - the cost-accuracy curve on test from sweeping the policy parameter (tau or lambda), its AIQ over one
-  cost range common to all routers, and APGR for two-target pools;
+  cost range common to all routers, and APGR for two-target pools; the same curve and AIQ on validation
+  (what a choice between routers or policies can be made on without reading test);
 - operating points whose parameter is CHOSEN ON THE VALIDATION CURVE (best accuracy, cheapest point
   matching the best single target, best point at the cheapest target's cost) and the policy's
   default parameter, each then scored on test. The same points read off the test curve are kept as
@@ -270,7 +271,8 @@ class ReadoutPoint:
 @dataclass(frozen=True)
 class RouterResult:
     """One probability router: probability quality, test curve, validation curve (None without
-    validation), AIQ, APGR (None unless two targets), ``operating_points`` by name (best_accuracy,
+    validation), AIQ on test and on validation (None without validation, each over its split's cheapest to
+    most expensive single target), APGR (None unless two targets), ``operating_points`` by name (best_accuracy,
     match_best_single and at_cheapest_cost with validation, then default) and ``test_readout``, the
     validation points' names read off the test curve (None: not reached)."""
 
@@ -279,6 +281,7 @@ class RouterResult:
     curve: Curve
     val_curve: Curve | None
     aiq: float
+    val_aiq: float | None
     apgr: float | None
     operating_points: dict[str, OperatingPoint]
     test_readout: dict[str, ReadoutPoint | None]
@@ -557,11 +560,11 @@ def _evaluate_router(
     base = _swept_policy(kind, proba_val, val, names, name)
     decisions = sweep(proba, test.expected, base, values, names)
     curve = test.curve(decisions, values)
-    finite = _finite_points(curve)
-    val_curve, operating_points = None, {}
+    val_curve, val_aiq, operating_points = None, None, {}
     if proba_val is not None:
         val_curve = val.curve(sweep(proba_val, val.expected, base, values, names), values)
         val_single = metrics.per_target_outcomes(val.labels, val.cost)
+        val_aiq = _curve_aiq(val_curve, _common_cost_range(val_single["mean_cost"]))
         for point, index in _readout_indices(val_curve, val_single).items():
             operating_points[point] = _operating_point(index, values, val_curve, scorer, decisions)
     default = route(proba, test.expected, base, names)
@@ -572,9 +575,9 @@ def _evaluate_router(
         probability=_probability_quality(proba, test.labels),
         curve=curve,
         val_curve=val_curve,
-        aiq=metrics.aiq(np.array(curve.mean_cost)[finite], np.array(curve.accuracy)[finite], cost_range)
-        if finite.size else math.nan,
-        apgr=_apgr(curve, finite, scorer) if len(names) == 2 else None,
+        aiq=_curve_aiq(curve, cost_range),
+        val_aiq=val_aiq,
+        apgr=_apgr(curve, _finite_points(curve), scorer) if len(names) == 2 else None,
         operating_points=operating_points,
         test_readout=_readout(curve, scorer.single),
         swept_policy=base.model_dump(mode="json"),
@@ -688,10 +691,28 @@ def _evaluate_baselines(
 
 
 def _common_cost_range(single_mean_cost: np.ndarray) -> tuple[float, float] | None:
-    """AIQ's common cost range: from the cheapest to the most expensive single target's mean cost on
-    test (None when all cost the same: each curve's own range is used)."""
+    """AIQ's common cost range: from the cheapest to the most expensive single target's mean cost on one
+    split (None when all cost the same: each curve's own range is used)."""
     low, high = float(np.min(single_mean_cost)), float(np.max(single_mean_cost))
     return (low, high) if high > low else None
+
+
+def split_aiq(proba: np.ndarray, data: SplitData, policy: PolicyConfig, target_names: list[str]) -> float:
+    """AIQ of ``policy``'s parameter swept (policies.default_sweep_values) on one split, over the split's
+    cheapest to most expensive single target: the validation AIQ of ``evaluate``, for training to compare
+    candidates on its holdout. NaN when no point has a defined accuracy and cost."""
+    split = _Split(data, len(target_names), "split")
+    values = default_sweep_values(policy.kind)
+    curve = split.curve(sweep(proba, split.expected, policy, values, target_names), values)
+    return _curve_aiq(curve, _common_cost_range(metrics.per_target_outcomes(split.labels, split.cost)["mean_cost"]))
+
+
+def _curve_aiq(curve: Curve, cost_range: tuple[float, float] | None) -> float:
+    """AIQ of the curve's points with a defined accuracy and cost (NaN when none has)."""
+    finite = _finite_points(curve)
+    if not finite.size:
+        return math.nan
+    return metrics.aiq(np.array(curve.mean_cost)[finite], np.array(curve.accuracy)[finite], cost_range)
 
 
 def _finite_points(curve: Curve) -> np.ndarray:

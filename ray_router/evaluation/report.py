@@ -344,15 +344,17 @@ def _curve_summary_table(results: EvaluationResults) -> str:
     reference = results.reference
     cost_range = reference.aiq_cost_range
     two_targets = len(results.targets) == 2
-    header = ["curve", "AIQ"] + (["APGR"] if two_targets else [])
-    rows = [[router.name, _num(router.aiq, 4)] + ([_num(router.apgr, 3)] if two_targets else [])
-            for router in results.routers]
-    mixing = ["mixing single targets", _num(reference.aiq_single_targets, 4)]
+    header = ["curve", "AIQ", "validation AIQ"] + (["APGR"] if two_targets else [])
+    rows = [[router.name, _num(router.aiq, 4), "n/a" if router.val_aiq is None else _num(router.val_aiq, 4)]
+            + ([_num(router.apgr, 3)] if two_targets else []) for router in results.routers]
+    mixing = ["mixing single targets", _num(reference.aiq_single_targets, 4), ""]
     rows.append(mixing + (["0.500"] if two_targets else []))
     where = (f"over the common cost range {_money(cost_range[0])} to {_money(cost_range[1])} per query "
              "(cheapest to most expensive single target)") if cost_range else "over each curve's own cost range"
     text = (f"AIQ (RouterBench) = mean accuracy of the non-decreasing convex hull {where}; below a curve's "
-            "cheapest point it counts 0. 'Mixing single targets' is the hull of the targets alone.")
+            "cheapest point it counts 0. 'Mixing single targets' is the hull of the targets alone. Validation "
+            "AIQ: the same on the validation curve, over the validation split's own cost range (what a choice "
+            "between routers or policies can be made on).")
     if two_targets:
         pair = reference.apgr_pair
         text += (f" APGR (RouteLLM) = mean performance gap recovered over the share of calls to "

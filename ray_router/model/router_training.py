@@ -22,13 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ray_router.data.routing_dataset import RoutingDataset, hash_fraction_mask
 from ray_router.errors import UserError, validation_message
-from ray_router.evaluation.metrics import (
-    aiq,
-    expected_calibration_error,
-    per_target_outcomes,
-    roc_auc_per_target,
-    routed_outcome,
-)
+from ray_router.evaluation.evaluation import SplitData, split_aiq
+from ray_router.evaluation.metrics import expected_calibration_error, roc_auc_per_target
 from ray_router.features.feature_set import FeatureSet
 from ray_router.features.schema import column_name, feature_key
 from ray_router.features.store import FeatureStore
@@ -45,7 +40,7 @@ from ray_router.model.stack_router import StackRouter
 from ray_router.model.training import TrainRunConfig, TrunkConfig
 from ray_router.model.trunk_router import SharedTrunkRouter
 from ray_router.policy.config import PolicyConfig
-from ray_router.policy.policies import default_sweep_values, fit_anchored, sweep
+from ray_router.policy.policies import fit_anchored
 from ray_router.router import Router
 
 HOLDOUT_SALT = "ray-router-holdout:"
@@ -317,20 +312,12 @@ def _holdout_scores(model: ProbaRouter, feature_set: FeatureSet, holdout: Routin
 
 def _holdout_aiq(proba: np.ndarray, holdout: RoutingDataset, holdout_cost: tuple[np.ndarray, np.ndarray]
                  ) -> float | None:
-    """AIQ on the holdout of the anchored policy fitted there, tau swept, over the cheapest to the most expensive
-    target's mean cost: how `evaluate` scores routing on test, here to compare candidates (optimistic: the
-    anchor and margin are fitted on the same rows). None where no point or no cost range is defined."""
-    (expected, cost), labels, names = holdout_cost, holdout.labels(), holdout.target_names
-    policy = fit_anchored(proba, labels, cost, names)
-    outcomes = [routed_outcome(r.choice, labels, cost)
-                for r in sweep(proba, expected, policy, default_sweep_values("anchored"), names)]
-    points = np.array([(o["mean_cost"], o["accuracy"]) for o in outcomes], dtype=float)
-    points = points[np.isfinite(points).all(axis=1)]
-    single_cost = per_target_outcomes(labels, cost)["mean_cost"]
-    low, high = np.nanmin(single_cost), np.nanmax(single_cost)
-    if not len(points) or not high > low:
-        return None
-    return aiq(points[:, 0], points[:, 1], (float(low), float(high)))
+    """The holdout AIQ of the anchored policy fitted there, tau swept, as `evaluate` scores validation
+    (optimistic: the anchor and margin are fitted on the same rows); None where undefined."""
+    expected, cost = holdout_cost
+    policy = fit_anchored(proba, holdout.labels(), cost, holdout.target_names)
+    value = split_aiq(proba, SplitData(holdout.labels(), expected, cost), policy, holdout.target_names)
+    return None if math.isnan(value) else value
 
 
 def _check_blocks(specs: list[str], feature_set: FeatureSet) -> None:

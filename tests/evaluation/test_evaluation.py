@@ -108,6 +108,8 @@ def test_operating_points_are_chosen_on_validation_not_test():
     assert router.curve.accuracy == [1.0, 1.0, 0.0, 0.0]
     assert router.val_curve.accuracy == [0.0, 0.0, 1.0, 1.0]
     assert router.apgr == pytest.approx(0.5)  # PGR 1 at all-strong points, 0 at all-weak ones
+    # AIQ over cost 1 to 10: on test the hull rises linearly from (1, 0) to (10, 1); on validation it is 1
+    assert router.aiq == pytest.approx(0.5) and router.val_aiq == pytest.approx(1.0)
     # the always-best-single baseline follows validation labels (no training labels given), not test
     assert by_name(results.baselines, "always-best-single").test.choice_share == [0.0, 1.0]
     assert results.data.best_single_chosen_on == "validation"
@@ -115,6 +117,7 @@ def test_operating_points_are_chosen_on_validation_not_test():
     only_default = evaluate([given("r", proba)], names, SplitData(test_labels, np.array([10.0, 1.0])),
                             labels_train=val_labels)
     assert list(only_default.routers[0].operating_points) == ["default"]
+    assert only_default.routers[0].val_aiq is None
     with pytest.raises(ValueError, match="never test labels"):
         evaluate([], names, SplitData(test_labels, np.array([10.0, 1.0])))
 

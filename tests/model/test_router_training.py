@@ -193,7 +193,7 @@ def test_candidates_are_compared_on_the_holdout_and_every_head_round_trips(small
     split = SplitData(holdout.labels(), trained.expected_cost(holdout.prompts), holdout.costs())
     scored = evaluate([RouterInput("head", trained.model, x_holdout, x_holdout)], trained.targets, split, split,
                       policy_kind="anchored", n_boot=10)
-    assert kept["holdout_aiq"] == pytest.approx(scored.routers[0].aiq)
+    assert kept["holdout_aiq"] == pytest.approx(scored.routers[0].aiq) == pytest.approx(scored.routers[0].val_aiq)
     assert len(trained.manifest.temperatures) == len(trained.targets)  # calibrated on the holdout
     policy = trained.default_policy
     assert policy.kind == "anchored" and policy.anchor in trained.targets  # fitted on the holdout
