@@ -7,8 +7,10 @@ Every step is the `ray-router` command a user would run, as a subprocess; its ou
 and its wall time into the result. Per encoder: extraction of every layer (full depth; resumable into
 <work>/features-<encoder>) and a layer scan. Then `train` with the search config SEARCH: every candidate (head,
 blocks, PCA k, width, dropout, weight decay) is trained on the fit rows and the one with the lowest holdout
-log-loss is kept; calibration is kept when it lowers the holdout log-loss (cross-fitted). Each ABLATION row is
-the same training with one lever switched off. One `evaluate` scores them all on the same test split, with the
+log-loss is kept; calibration is kept when it lowers the holdout log-loss (cross-fitted). The encoders are a
+lever too: the search on every encoder and on the first alone, and the one with the lower holdout log-loss is
+the router (the other is its encoder row). Each ABLATION row is the same training on the chosen encoders with
+one lever switched off. One `evaluate` scores them all on the same test split, with the
 anchored policy (anchor and margin fitted on each router's validation rows, tau swept), beside the semantic
 baselines; the full router evaluated again with the tolerance and the utility policy are the policy's ablation
 rows. The test split is read only by these evaluations; every row also has its AIQ on validation, what a
@@ -53,10 +55,9 @@ SEARCH = [
     {"head": "knn"},
     {"head": "stack"},
 ]
-# One lever off per row: the first encoder only, the default blocks only, the SharedTrunkNet head only, no
-# hyperparameter search, no calibration.
+# One lever off per row: the default blocks only, the SharedTrunkNet head only, no hyperparameter search, no
+# calibration.
 ABLATION = {
-    "one encoder": {},
     "no multi-layer blocks": {"candidates": [c for c in SEARCH if "blocks" not in c]},
     "SharedTrunkNet only": {"candidates": [c for c in SEARCH if "head" not in c]},
     "no hyperparameter search": {"candidates": [c for c in SEARCH if not ({"pca_k", "trainer"} & set(c))]},
@@ -105,9 +106,15 @@ def main() -> None:
             "--out", bundle)
         return bundle
 
-    main_bundle = train("full", {}, len(encoders))
-    ablations = {name: train(name, override, 1 if name == "one encoder" else len(encoders))
-                 for name, override in ABLATION.items() if name != "one encoder" or len(encoders) > 1}
+    main_bundle, ablations, use = train("full", {}, len(encoders)), {}, len(encoders)
+    if len(encoders) > 1:  # the encoder lever, chosen on the holdout like any other
+        one = train("one encoder", {}, 1)
+        if _holdout_log_loss(one) < _holdout_log_loss(main_bundle):
+            main_bundle, ablations["all encoders"], use = one, main_bundle, 1
+        else:
+            ablations["one encoder"] = one
+    ablations |= {name: train(name if use == len(encoders) else f"{name} one encoder", override, use)
+                  for name, override in ABLATION.items()}
     report = str(work / "report")
     feature_options = [x for f in features for x in ("--features", f)]
     run("evaluate", "evaluate", "--bundle", main_bundle, "--data", data, *feature_options, "--out", report,
@@ -124,6 +131,7 @@ def main() -> None:
         "sample": args.sample, "step_seconds": steps, "paper": PAPER,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **figures(Path(report) / "metrics.json", policy_reports),
+        "encoders_chosen": encoders[:use],
         "chosen": json.loads((Path(main_bundle) / "router.json").read_text())["validation"],
     }
     out = Path(args.out or f"bench/results/quality-{args.dataset}.json")
@@ -131,6 +139,10 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2))
     print(format_figures(result))
     print(f"wrote {out}")
+
+
+def _holdout_log_loss(bundle: str) -> float:
+    return json.loads((Path(bundle) / "router.json").read_text())["validation"]["holdout_log_loss"]
 
 
 def figures(metrics_file: Path, policy_reports: dict[str, Path]) -> dict:
