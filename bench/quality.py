@@ -1,7 +1,8 @@
 """Routing quality benchmark: the whole pipeline on one dataset, the router chosen on validation, and an ablation.
 
     .venv/bin/python bench/quality.py --dataset routerbench|mmlu-pro [--encoders smollm2-135m,gemma3-270m]
-        [--max-tokens 512] [--sample N] [--work build/bench/quality/<dataset>] [--out bench/results/quality-<dataset>.json]
+        [--max-tokens 512] [--sample N] [--reuse] [--work build/bench/quality/<dataset>]
+        [--out bench/results/quality-<dataset>.json]
 
 Every step is the `ray-router` command a user would run, as a subprocess; its output goes to <work>/<step>.log
 and its wall time into the result. Per encoder: extraction of every layer (full depth; resumable into
@@ -11,7 +12,7 @@ log-loss is kept; calibration is kept when it lowers the holdout log-loss (cross
 lever too: the search on every encoder and on the first alone, and the one with the lower holdout log-loss is
 the router (the other is its encoder row). Each ABLATION row is the same training on the chosen encoders with
 one lever switched off. One `evaluate` scores them all on the same test split, with the
-anchored policy (anchor and margin fitted on each router's validation rows, tau swept), beside the semantic
+anchored policy (anchor and margin fitted on each router's validation rows, lambda swept), beside the semantic
 baselines; the full router evaluated again with the tolerance and the utility policy are the policy's ablation
 rows. The test split is read only by these evaluations; every row also has its AIQ on validation, what a
 choice between rows can be made on. `--sample N` uses a deterministic sample of N queries (the whole test split, then
@@ -73,7 +74,17 @@ def main() -> None:
     cli = str(Path(sys.executable).with_name("ray-router"))
     steps: dict[str, float] = {}
 
-    def run(step: str, *command: str) -> None:
+    reused: list[str] = []
+
+    def run(step: str, *command: str, inputs: tuple[str, ...] = ()) -> None:
+        """Run one `ray-router` command; with --reuse, a step with `inputs` is skipped when its last run had the
+        same command and the same input files (its stamp <work>/<step>.done)."""
+        stamp, fingerprint = work / f"{step}.done", step_fingerprint(command, inputs)
+        if args.reuse and inputs and stamp.exists() and stamp.read_text() == fingerprint:
+            reused.append(step)
+            print(f"[{time.strftime('%H:%M:%S')}] {step}: reused (same command and inputs as {stamp})", flush=True)
+            return
+        stamp.unlink(missing_ok=True)
         started = time.time()
         print(f"[{time.strftime('%H:%M:%S')}] {step}: ray-router {' '.join(command)}", flush=True)
         with open(work / f"{step}.log", "a") as log:
@@ -81,6 +92,8 @@ def main() -> None:
         if done.returncode:
             sys.exit(f"{step} failed (exit {done.returncode}); see {work / f'{step}.log'}")
         steps[step] = round(time.time() - started, 1)
+        if inputs:
+            stamp.write_text(fingerprint)
         print(f"    {steps[step]:.0f} s", flush=True)
 
     full = work / "all.parquet"
@@ -93,7 +106,8 @@ def main() -> None:
         folder, scan = str(work / f"features-{encoder}"), str(work / f"scan-{encoder}")
         run(f"extract-{encoder}", "extract", "--data", data, "--encoder", encoder, "--layers", f"0-{DEPTH[encoder]}",
             "--pooling", "last,mean", "--max-tokens", str(args.max_tokens), "--out", folder)
-        run(f"scan-{encoder}", "scan-layers", "--data", data, "--features", folder, "--out", scan)
+        run(f"scan-{encoder}", "scan-layers", "--data", data, "--features", folder, "--out", scan,
+            inputs=(data, folder))
         features.append(folder)
         scans.append(scan)
 
@@ -103,7 +117,7 @@ def main() -> None:
         bundle = str(work / f"router-{name.replace(' ', '-')}")
         options = [x for f, s in zip(features[:use], scans[:use]) for x in ("--features", f, "--scan", s)]
         run(f"train-{name.replace(' ', '-')}", "train", "--data", data, *options, "--config", str(config),
-            "--out", bundle)
+            "--out", bundle, inputs=(data, str(config), *features[:use], *scans[:use]))
         return bundle
 
     main_bundle, ablations, use = train("full", {}, len(encoders)), {}, len(encoders)
@@ -128,7 +142,7 @@ def main() -> None:
 
     result = {
         "dataset": args.dataset, "data": data, "encoders": encoders, "max_tokens": args.max_tokens,
-        "sample": args.sample, "step_seconds": steps, "paper": PAPER,
+        "sample": args.sample, "step_seconds": steps, "reused_steps": reused, "paper": PAPER,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **figures(Path(report) / "metrics.json", policy_reports),
         "encoders_chosen": encoders[:use],
@@ -139,6 +153,19 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2))
     print(format_figures(result))
     print(f"wrote {out}")
+
+
+def step_fingerprint(command: tuple[str, ...], inputs: tuple[str, ...]) -> str:
+    """sha256 of the command, of each input file's content and of each input folder's file paths, sizes and
+    modification times (but its manifest.json: a resumed extraction that computes nothing rewrites it)."""
+    digest = hashlib.sha256(json.dumps(command).encode())
+    for root in map(Path, inputs):
+        if root.is_file():
+            digest.update(hashlib.sha256(root.read_bytes()).digest())
+            continue
+        for file in sorted(path for path in root.rglob("*") if path.is_file() and path.name != "manifest.json"):
+            digest.update(f"{file}:{file.stat().st_size}:{file.stat().st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def _holdout_log_loss(bundle: str) -> float:
@@ -226,6 +253,8 @@ def _parse_args() -> argparse.Namespace:
                         "is the one-encoder ablation.")
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--sample", type=int, default=None, help="Route a deterministic sample of N queries.")
+    parser.add_argument("--reuse", action="store_true", help="Skip a scan or train whose last run had the same "
+                        "command and input files (router bundles of an earlier run are kept).")
     parser.add_argument("--work", default=None, help="Default: build/bench/quality/<dataset>.")
     parser.add_argument("--out", default=None, help="Default: bench/results/quality-<dataset>.json.")
     args = parser.parse_args()

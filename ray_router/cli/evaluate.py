@@ -18,7 +18,7 @@ from ray_router.evaluation.job import BASELINES
               help="Feature folder for all-MiniLM-L6-v2 embeddings (default OUT/semantic_features; extracted if missing).")
 @click.option("--policy", type=click.Choice(["tolerance", "utility", "anchored"]), default="tolerance",
               show_default=True, help="The policy whose parameter is swept for the cost-accuracy curves "
-              "(anchored: anchor and margin fitted on each router's validation rows, then tau swept).")
+              "(anchored: anchor and margin fitted on each router's validation rows, then lambda swept).")
 @click.option("--compare", multiple=True, metavar="NAME=BUNDLE",
               help="Another router bundle trained on the same data, evaluated beside it (repeat).")
 @click.option("--local", is_flag=True, help="Train the semantic baseline in this process instead of Ray Train.")

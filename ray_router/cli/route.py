@@ -22,7 +22,7 @@ from ray_router.cli.options import (
               default=None, help="Default: the bundle's default policy.")
 @click.option("--tau", type=float, default=None, help="tolerance: probability given up for a cheaper target.")
 @click.option("--lam", type=float, default=None,
-              help="utility: weight of normalised cost; budget: the lambda fitted on validation (required).")
+              help="utility, anchored: weight of normalised cost; budget: the lambda fitted on validation (required).")
 @click.option("--budget", type=float, default=None, help="budget: mean cost per query (USD), with its fitted --lam.")
 @click.option("--anchor", default=None, help="anchored: the target to stay on (fitted on validation: the best single).")
 @click.option("--margin", type=float, default=None,

@@ -464,7 +464,7 @@ def evaluate(
     Each router predicts on its ``X_test`` and, when ``val`` is given, on its ``X_val``: ``val`` chooses
     the operating points. ``labels_train`` chooses the always-best-single baseline (validation labels
     when it is None; never test labels). ``policy_kind`` is "tolerance" (sweeps tau), "utility"
-    (sweeps lambda) or "anchored" (anchor and margin fitted on each router's validation scores, sweeps tau)
+    (sweeps lambda) or "anchored" (anchor and margin fitted on each router's validation scores, sweeps lambda)
     over ``sweep_values`` (default: policies.default_sweep_values). ``seed`` drives the random baseline and
     the bootstraps. ``comparisons`` holds the first router minus each other one (mean AUC, AIQ), paired on
     the same resamples of the test queries.

@@ -312,7 +312,7 @@ def _holdout_scores(model: ProbaRouter, feature_set: FeatureSet, holdout: Routin
 
 def _holdout_aiq(proba: np.ndarray, holdout: RoutingDataset, holdout_cost: tuple[np.ndarray, np.ndarray]
                  ) -> float | None:
-    """The holdout AIQ of the anchored policy fitted there, tau swept, as `evaluate` scores validation
+    """The holdout AIQ of the anchored policy fitted there, lambda swept, as `evaluate` scores validation
     (optimistic: the anchor and margin are fitted on the same rows); None where undefined."""
     expected, cost = holdout_cost
     policy = fit_anchored(proba, holdout.labels(), cost, holdout.target_names)

@@ -14,7 +14,7 @@ import pydantic
 from ray_router.errors import validated
 
 PolicyKind = Literal["argmax", "tolerance", "utility", "budget", "anchored"]
-SWEEPABLE = {"tolerance": "tau", "utility": "lam", "anchored": "tau"}
+SWEEPABLE = {"tolerance": "tau", "utility": "lam", "anchored": "lam"}
 PARAMETERS = ("tau", "lam", "budget", "anchor", "margin")
 
 
@@ -27,11 +27,13 @@ class PolicyConfig(pydantic.BaseModel):
       to [0, 1] per query over the allowed targets (cheapest 0, most expensive 1).
     - ``budget``: ``utility`` with the ``lam`` fitted on validation data by ``fit_budget_lambda`` so that
       the mean cost per query stays <= ``budget``; ``lam`` must be given explicitly for this kind.
-    - ``anchored``: the ``anchor`` target (the best single target on validation) unless another target's p
-      beats the anchor's by more than ``margin`` (then the highest p); with ``tau`` > 0 (default 0 for this
-      kind), the cheapest target whose p is at most ``tau`` below that choice's (tau = 1: always the
-      cheapest). ``anchor`` and ``margin`` are fitted on validation data by ``fit_anchored``, so that at
-      tau = 0 validation accuracy is never below the anchor's.
+    - ``anchored``: ``utility`` with the ``anchor`` target's p raised by ``margin``: the target maximising
+      p + ``margin`` * [anchor] - ``lam`` * c_norm, the anchor on ties (``lam`` defaults to 0 for this kind).
+      At lam = 0 that is the anchor (the best single target on validation) unless another target's p beats
+      the anchor's by more than ``margin`` (then the highest p); a margin of 1 or more (or none) never leaves
+      it there. ``anchor`` and ``margin`` are fitted on validation data by ``fit_anchored``, so that at
+      lam = 0 validation accuracy is never below the anchor's; lam > 0 trades accuracy for cost as utility
+      does, the anchor keeping its margin.
     ``allowed`` restricts every policy to a subset of target names (None: all targets).
     """
 
@@ -49,9 +51,9 @@ class PolicyConfig(pydantic.BaseModel):
     @pydantic.model_validator(mode="before")
     @classmethod
     def _anchored_stays_by_default(cls, data: object) -> object:
-        """tau defaults to 0 for ``anchored`` (stay on the anchor), 0.2 for ``tolerance``."""
-        if isinstance(data, dict) and data.get("kind") == "anchored" and "tau" not in data:
-            data = {**data, "tau": 0.0}
+        """lam and tau default to 0 for ``anchored`` (stay on the anchor); 0.2 for the other kinds."""
+        if isinstance(data, dict) and data.get("kind") == "anchored":
+            data = {"tau": 0.0, "lam": 0.0, **data}
         return data
 
     @pydantic.field_validator("allowed")
@@ -77,6 +79,9 @@ class PolicyConfig(pydantic.BaseModel):
                 )
         if self.kind == "anchored" and self.anchor is None:
             raise ValueError("kind 'anchored' needs anchor (and margin) fitted on validation data (fit_anchored)")
+        if self.kind == "anchored" and self.tau > 0:
+            raise ValueError("kind 'anchored' trades accuracy for cost with lam (the weight of normalised cost), "
+                             "not tau")
         return self
 
     @classmethod

@@ -10,8 +10,8 @@ Inputs shared by all policies:
   output tokens x output price), or (K,) when it is the same for every query; finite and >= 0.
 - ``target_names``: the K target names, in column order.
 
-Ties are broken deterministically: after the policy's own score, the lower expected cost wins, then
-the earlier target (column order). The sort is stable, so equal keys keep column order.
+Ties are broken deterministically: after the policy's own score (and, for ``anchored``, the anchor), the
+lower expected cost wins, then the earlier target (column order). The sort is stable, so equal keys keep column order.
 """
 
 from __future__ import annotations
@@ -79,8 +79,7 @@ def route(
     elif config.kind == "tolerance":
         keys = _tolerance_keys(p, cost, allowed, config.tau)
     elif config.kind == "anchored":
-        margin = math.inf if config.margin is None else config.margin
-        keys = _anchored_keys(p, cost, allowed, _anchor_index(config.anchor, target_names), margin, config.tau)
+        keys = _anchored_keys(p, cost, allowed, _anchor_index(config.anchor, target_names), config.margin, config.lam)
     else:
         keys = _utility_keys(p, cost, allowed, config.lam)
     return _rank(keys, allowed)
@@ -93,8 +92,8 @@ def sweep(
     values: np.ndarray,
     target_names: list[str],
 ) -> list[Ranking]:
-    """One ranking per value of `base`'s swept parameter, for cost-accuracy curves: tau for ``tolerance``
-    and ``anchored``, lambda for ``utility``. (``budget`` is ``utility`` with a fitted lambda, so its
+    """One ranking per value of `base`'s swept parameter, for cost-accuracy curves: tau for ``tolerance``,
+    lambda for ``utility`` and ``anchored``. (``budget`` is ``utility`` with a fitted lambda, so its
     curve is the utility curve.)"""
     if base.kind not in SWEEPABLE:
         raise UserError(f"cannot sweep policy {base.kind!r}: choose one of {', '.join(SWEEPABLE)}")
@@ -104,12 +103,12 @@ def sweep(
 
 
 def default_sweep_values(kind: str) -> np.ndarray:
-    """A parameter grid spanning a policy's whole cost range: tau in [0, 1] by 0.025 for
-    ``tolerance`` and ``anchored`` (tau = 1 is always the cheapest); lambda = 0, 1e-3 ... 1e3
-    (log-spaced), inf for ``utility``."""
-    if kind in ("tolerance", "anchored"):
+    """A parameter grid spanning a policy's whole cost range: tau in [0, 1] by 0.025 for ``tolerance``
+    (tau = 1 is always the cheapest); lambda = 0, 1e-3 ... 1e3 (log-spaced), inf for ``utility`` and
+    ``anchored``."""
+    if kind == "tolerance":
         return np.linspace(0.0, 1.0, 41)
-    if kind == "utility":
+    if kind in ("utility", "anchored"):
         return np.concatenate([[0.0], np.logspace(-3, 3, 61), [math.inf]])
     raise UserError(f"cannot sweep policy {kind!r}: choose one of {', '.join(SWEEPABLE)}")
 
@@ -203,23 +202,14 @@ def _anchor_index(anchor: str, target_names: list[str]) -> int:
 
 
 def _anchored_keys(
-    p: np.ndarray, cost: np.ndarray, allowed: np.ndarray, anchor: int, margin: float, tau: float
+    p: np.ndarray, cost: np.ndarray, allowed: np.ndarray, anchor: int, margin: float | None, lam: float
 ) -> tuple[np.ndarray, ...]:
-    """The reference is the anchor, or where an allowed target's p beats the anchor's by more than `margin`,
-    the target of highest p. At tau = 0 the reference first (highest p first where it moved, then cost), the
-    others by p; with tau > 0 the cheapest target with p >= the reference's p - tau (then the others by p),
-    so tau = 1 is always the cheapest. An anchor that is not allowed is replaced, per query, by the allowed
-    target of highest p."""
-    best = np.where(allowed, p, -np.inf).max(axis=1)
-    p_anchor = p[:, anchor] if allowed[anchor] else best
-    jump = best - p_anchor > margin
-    if tau > 0:
-        reference = np.where(jump, best, p_anchor)
-        return _within_keys(p, cost, p >= reference[:, None] - tau - TOLERANCE_SLACK)
-    within = p == p_anchor[:, None] if not allowed[anchor] else np.arange(p.shape[1]) == anchor
-    stay = _within_keys(p, cost, np.broadcast_to(within, p.shape))
-    move = (np.zeros_like(p, dtype=bool), -p, cost)
-    return tuple(np.where(jump[:, None], m, s) for m, s in zip(move, stay))
+    """The utility keys with the anchor's p raised by `margin` (at most 1, which p in [0, 1] never beats; None:
+    1), the anchor first on ties of the score. An anchor that is not allowed gets no bonus: plain utility."""
+    bonus = 1.0 if margin is None else min(margin, 1.0)
+    is_anchor = np.broadcast_to((np.arange(p.shape[1]) == anchor) & allowed[anchor], p.shape)
+    first, *rest = _utility_keys(p + bonus * is_anchor, cost, allowed, lam)
+    return first, ~is_anchor, *rest
 
 
 def _within_keys(p: np.ndarray, cost: np.ndarray, within: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -237,27 +227,28 @@ def fit_anchored(
     margins: np.ndarray | None = None,
 ) -> PolicyConfig:
     """The anchored policy fitted on validation data: the anchor is the most accurate allowed target on
-    `labels_val` (ties: the cheaper on `cost_val`), the margin the one of `margins` (default 0 to 0.5 by 0.01,
-    and infinity) with the highest validation accuracy at tau = 0, the larger on ties. Infinity keeps the
-    anchor on every query, so the fitted policy is never below the anchor's validation accuracy."""
+    `labels_val` (ties: the cheaper on `cost_val`), the margin the one of `margins` (default 0 to 1 by 0.01)
+    with the highest validation accuracy at lam = 0, the smallest on ties (the one that leaves the cost
+    trade-off the most room). A margin of 1 keeps the anchor on every query, so the fitted policy is never
+    below the anchor's validation accuracy."""
     p, cost = _checked_inputs(proba_val, cost_val, target_names)
     labels = np.asarray(labels_val, dtype=float)
     known = ~np.isnan(labels)
     accuracy = np.where(known, labels, 0).sum(axis=0) / np.maximum(known.sum(axis=0), 1)
     accuracy = np.where(allowed_mask(target_names, allowed) & known.any(axis=0), accuracy, -np.inf)
     total = np.where(np.isnan(labels), 0, cost).sum(axis=0)
-    anchor = int(np.lexsort((np.arange(len(target_names)), total, -accuracy))[0])
-    grid = np.concatenate([np.linspace(0, 0.5, 51), [math.inf]]) if margins is None else np.asarray(margins, float)
+    anchor = target_names[int(np.lexsort((np.arange(len(target_names)), total, -accuracy))[0])]
+    grid = np.linspace(0, 1, 101) if margins is None else np.asarray(margins, dtype=float)
     rows = np.arange(p.shape[0])
 
     def accuracy_at(margin: float) -> float:
-        config = PolicyConfig(kind="anchored", anchor=target_names[anchor], margin=margin, tau=0.0, allowed=allowed)
+        config = PolicyConfig(kind="anchored", anchor=anchor, margin=margin, allowed=allowed)
         chosen = labels[rows, route(p, cost, config, target_names).choice]
         return float(np.nanmean(chosen)) if np.isfinite(chosen).any() else -math.inf
 
-    scores = [accuracy_at(margin) for margin in grid]
-    margin = max(zip(scores, grid))[1]
-    return PolicyConfig(kind="anchored", anchor=target_names[anchor], margin=float(margin), tau=0.0, allowed=allowed)
+    scores = np.array([accuracy_at(margin) for margin in grid])
+    margin = float(grid[scores == scores.max()].min())
+    return PolicyConfig(kind="anchored", anchor=anchor, margin=margin, allowed=allowed)
 
 
 def _utility_keys(

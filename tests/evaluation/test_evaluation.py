@@ -220,7 +220,7 @@ def test_evaluate_and_report_end_to_end_on_real_routerbench_labels(shared_data, 
     assert default.n_scored + default.n_missing_label == len(test)
 
 
-def test_anchored_policy_is_fitted_on_validation_and_swept_over_tau():
+def test_anchored_policy_is_fitted_on_validation_and_swept_over_lambda():
     # validation: "mid" is the best single target and p says nothing; the anchored policy stays on it
     rng = np.random.default_rng(1)
     val_labels = np.column_stack([rng.random(80) < 0.5, rng.random(80) < 0.9, rng.random(80) < 0.2]).astype(float)
@@ -230,10 +230,10 @@ def test_anchored_policy_is_fitted_on_validation_and_swept_over_tau():
                        SplitData(test_labels, COST), SplitData(val_labels, COST), policy_kind="anchored", n_boot=100)
     router = results.routers[0]
     assert router.swept_policy["kind"] == "anchored" and router.swept_policy["anchor"] == "mid"
-    assert results.policy.parameter == "tau" and results.policy.default == 0.0
+    assert results.policy.parameter == "lam" and results.policy.default == 0.0
     best = router.operating_points["best_accuracy"]
     assert best.validation.accuracy >= val_labels[:, 1].mean()  # never below the anchor on validation
-    assert router.curve.mean_cost[-1] == COST.min()  # tau = 1: always the cheapest
+    assert router.curve.mean_cost[-1] == COST.min()  # lambda = inf: always the cheapest
     assert results.to_json()["routers"][0]["swept_policy"]["anchor"] == "mid"
 
 

@@ -154,9 +154,10 @@ def test_sweep_traces_cost_down_as_the_parameter_grows():
     proba = rng.random((200, 4))
     cost = np.array([8.0, 4.0, 2.0, 1.0])
     names = list("abcd")
-    for kind in ("tolerance", "utility"):
-        values = default_sweep_values(kind)
-        decisions = sweep(proba, cost, PolicyConfig(kind=kind), values, names)
+    for base in (PolicyConfig(kind="tolerance"), PolicyConfig(kind="utility"),
+                 PolicyConfig(kind="anchored", anchor="a", margin=0.1)):
+        values = default_sweep_values(base.kind)
+        decisions = sweep(proba, cost, base, values, names)
         assert len(decisions) == len(values)
         mean_costs = np.array([cost[d.choice].mean() for d in decisions])
         assert (np.diff(mean_costs) <= 1e-12).all()
@@ -190,15 +191,18 @@ def test_anchored_stays_on_the_anchor_unless_the_advantage_beats_the_margin():
     assert never.fallbacks[0].tolist() == [1, 0, 2]  # then the others by probability
     moved = route(PROBA, COST, PolicyConfig(kind="anchored", anchor="mid", margin=0.1), NAMES)
     assert moved.choice.tolist() == [0, 1, 1]  # row 1: big beats mid by 0.15 > 0.1; row 3: ties stay
-    cheaper = route(PROBA, COST, PolicyConfig(kind="anchored", anchor="big", margin=math.inf, tau=0.2), NAMES)
-    assert cheaper.choice.tolist() == [1, 2, 2]  # the cheapest within 0.2 of the anchor's p (row 2: 0.3 >= 0.5 - 0.2)
-    moved_cheaper = route(PROBA, COST, PolicyConfig(kind="anchored", anchor="mid", margin=0.1, tau=0.2), NAMES)
-    assert moved_cheaper.choice.tolist() == [1, 1, 2]  # row 1 moved to big (0.9); mid is within 0.2 of it
+    # lam > 0 trades cost as utility does, the anchor keeping its margin: row 3 stays on mid (0.6 + 0.1 - 0.5 / 9
+    # against small's 0.6) where plain utility moves to the cheaper small
+    kept = route(PROBA, COST, PolicyConfig(kind="anchored", anchor="mid", margin=0.1, lam=0.5), NAMES)
+    assert kept.choice.tolist() == [1, 1, 1]
+    assert route(PROBA, COST, PolicyConfig(kind="utility", lam=0.5), NAMES).choice.tolist() == [1, 1, 2]
     rng = np.random.default_rng(0)
     proba, cost = rng.random((50, 3)), rng.random((50, 3))
-    for margin in (0.0, 0.1, math.inf):  # tau = 1 is the cheapest target whatever the margin (the sweep's end)
-        cheapest = route(proba, cost, PolicyConfig(kind="anchored", anchor="mid", margin=margin, tau=1.0), NAMES)
+    for margin in (0.0, 0.1, math.inf):  # lam = inf is the cheapest target whatever the margin (the sweep's end)
+        cheapest = route(proba, cost, PolicyConfig(kind="anchored", anchor="mid", margin=margin, lam=math.inf), NAMES)
         assert cheapest.choice.tolist() == cost.argmin(axis=1).tolist()
+    assert route(proba, cost, PolicyConfig(kind="anchored", anchor="mid", margin=0.0), NAMES).choice.tolist() == (
+        proba.argmax(axis=1).tolist())  # no margin: argmax
     not_allowed = route(PROBA, COST, PolicyConfig(kind="anchored", anchor="big", margin=math.inf,
                                                   allowed=["mid", "small"]), NAMES)
     assert not_allowed.choice.tolist() == [1, 1, 2]  # the allowed target of highest p (cheaper on ties)
@@ -206,6 +210,8 @@ def test_anchored_stays_on_the_anchor_unless_the_advantage_beats_the_margin():
         PolicyConfig.from_user(kind="anchored")
     with pytest.raises(UserError, match="nobody"):
         route(PROBA, COST, PolicyConfig(kind="anchored", anchor="nobody"), NAMES)
+    with pytest.raises(UserError, match="lam"):
+        PolicyConfig.from_user(kind="anchored", anchor="mid", tau=0.2)
 
 
 def test_fit_anchored_never_loses_to_the_anchor_on_validation():
@@ -214,11 +220,13 @@ def test_fit_anchored_never_loses_to_the_anchor_on_validation():
     labels = np.column_stack([rng.random(n) < 0.8, rng.random(n) < 0.5]).astype(float)  # "big" is the best single
     informative = np.column_stack([np.full(n, 0.8), np.where(labels[:, 1] > labels[:, 0], 0.95, 0.3)])
     fitted = fit_anchored(informative, labels, np.array([2.0, 1.0]), ["big", "small"])
-    assert fitted.anchor == "big" and fitted.margin < math.inf and fitted.tau == 0
+    assert fitted.anchor == "big" and fitted.margin < 1 and fitted.lam == 0
     routed = labels[np.arange(n), route(informative, np.array([2.0, 1.0]), fitted, ["big", "small"]).choice].mean()
     assert routed > labels[:, 0].mean()  # the planted advantage is taken
     noise = rng.random((n, 2))
     fitted = fit_anchored(noise, labels, np.array([2.0, 1.0]), ["big", "small"])
     routed = labels[np.arange(n), route(noise, np.array([2.0, 1.0]), fitted, ["big", "small"]).choice].mean()
     assert routed >= labels[:, 0].mean()  # uninformative probabilities: never below the anchor
-    assert PolicyConfig.model_validate_json(fitted.model_dump_json()) == fitted  # an infinite margin round-trips
+    assert PolicyConfig.model_validate_json(fitted.model_dump_json()) == fitted
+    # margins equally accurate on validation: the smallest, which leaves the cost trade-off the most room
+    assert fit_anchored(np.full((n, 2), 0.5), labels, np.array([2.0, 1.0]), ["big", "small"]).margin == 0.0
