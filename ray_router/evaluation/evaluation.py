@@ -74,6 +74,14 @@ class SplitData:
     expected_cost: np.ndarray
     true_cost: np.ndarray | None = None
 
+    def evaluation_cost(self) -> np.ndarray:
+        """(n, K): the true cost, the expected one where the true one is unknown."""
+        expected = np.broadcast_to(np.asarray(self.expected_cost, dtype=float), np.shape(self.labels))
+        if self.true_cost is None:
+            return expected
+        true_cost = np.asarray(self.true_cost, dtype=float)
+        return np.where(np.isnan(true_cost), expected, true_cost)
+
 
 @dataclass(frozen=True)
 class PolicySweep:
@@ -349,7 +357,7 @@ class _Split:
         if true_cost.shape != self.labels.shape:
             raise ValueError(f"{what} true_cost must be {self.labels.shape}, got {true_cost.shape}")
         self.cost_from_expected = np.isnan(true_cost)
-        self.cost = np.where(self.cost_from_expected, self.expected, true_cost)
+        self.cost = data.evaluation_cost()
         self.n = self.labels.shape[0]
 
     def missing_labels(self) -> MissingLabels:

@@ -155,7 +155,7 @@ def train_router(
     if len(configs) > 1 and not len(holdout_rows):
         raise UserError("comparing candidates needs holdout rows (holdout_fraction > 0)")
     cost_model = CostModel.fit(fit_rows)
-    holdout_cost = _holdout_cost(holdout_rows, cost_model)
+    holdout_split = _holdout_split(holdout_rows, cost_model)
     selections: dict = {}  # the layer scans, run once for all candidates
     fitted = []
     for candidate in configs:
@@ -168,7 +168,7 @@ def train_router(
         keys = list(dict.fromkeys(key for spec in specs for key in block_keys(spec)))
         model = _fit_head(candidate, specs, use_ray, feature_set.load(fit_rows.query_ids, keys), fit_rows.labels(),
                           feature_set.load(holdout_rows.query_ids, keys), holdout_rows.labels())
-        fitted.append((model, _holdout_scores(model, feature_set, holdout_rows, holdout_cost)))
+        fitted.append((model, _holdout_scores(model, feature_set, holdout_rows, holdout_split)))
     chosen = min(range(len(fitted)), key=lambda i: (fitted[i][1].get("holdout_log_loss", math.inf), i))
     model, scores = fitted[chosen]
     holdout_proba = None
@@ -181,7 +181,7 @@ def train_router(
         targets=dataset.target_names,
         temperatures=temperatures,
         cost_model=cost_model,
-        default_policy=_default_policy(configs[chosen], holdout_proba, holdout_rows, holdout_cost),
+        default_policy=_default_policy(configs[chosen], holdout_proba, holdout_rows, holdout_split),
         validation=ValidationSummary(
             holdout_fraction=config.holdout_fraction,
             fit_rows=len(fit_rows),
@@ -236,20 +236,19 @@ def _calibration(calibrate: bool | str, holdout_proba: np.ndarray | None,
     return fit_temperatures(holdout_proba, labels).tolist(), scores
 
 
-def _holdout_cost(holdout: RoutingDataset, cost_model: CostModel) -> tuple[np.ndarray, np.ndarray]:
-    """The holdout's (expected cost the policy routes on, true cost with the expected one where unknown)."""
-    expected = cost_model.expected_cost(holdout.prompts)
-    return expected, np.where(np.isnan(holdout.costs()), expected, holdout.costs())
+def _holdout_split(holdout: RoutingDataset, cost_model: CostModel) -> SplitData:
+    """The holdout's labels, the expected cost the policy routes on and the true cost."""
+    return SplitData(holdout.labels(), cost_model.expected_cost(holdout.prompts), holdout.costs())
 
 
 def _default_policy(config: RouterTrainConfig, holdout_proba: np.ndarray | None, holdout: RoutingDataset,
-                    holdout_cost: tuple[np.ndarray, np.ndarray]) -> PolicyConfig:
+                    split: SplitData) -> PolicyConfig:
     """The config's default policy; "anchored" is fitted on the router's holdout probabilities."""
     if config.default_policy != "anchored":
         return config.default_policy
     if holdout_proba is None:
         raise UserError("an anchored default policy is fitted on holdout rows (holdout_fraction > 0)")
-    return fit_anchored(holdout_proba, holdout.labels(), holdout_cost[1], holdout.target_names)
+    return fit_anchored(holdout_proba, split.labels, split.evaluation_cost(), holdout.target_names)
 
 
 def _trunk_losses(model: ProbaRouter) -> dict:
@@ -296,8 +295,7 @@ def target_blocks(dataset: RoutingDataset, feature_set: FeatureSet, scan: str | 
             for t in dataset.target_names}
 
 
-def _holdout_scores(model: ProbaRouter, feature_set: FeatureSet, holdout: RoutingDataset,
-                    holdout_cost: tuple[np.ndarray, np.ndarray]) -> dict:
+def _holdout_scores(model: ProbaRouter, feature_set: FeatureSet, holdout: RoutingDataset, split: SplitData) -> dict:
     """The router's per-target ROC-AUC on its holdout rows (None where undefined), their mean, the mean
     log-loss and the routing AIQ; empty without holdout rows."""
     if not len(holdout):
@@ -307,16 +305,14 @@ def _holdout_scores(model: ProbaRouter, feature_set: FeatureSet, holdout: Routin
     return {"holdout_auc": [None if np.isnan(a) else float(a) for a in auc],
             "holdout_mean_auc": float(np.nanmean(auc)) if np.isfinite(auc).any() else None,
             "holdout_log_loss": mean_log_loss(proba, holdout.labels()),
-            "holdout_aiq": _holdout_aiq(proba, holdout, holdout_cost)}
+            "holdout_aiq": _holdout_aiq(proba, split, holdout.target_names)}
 
 
-def _holdout_aiq(proba: np.ndarray, holdout: RoutingDataset, holdout_cost: tuple[np.ndarray, np.ndarray]
-                 ) -> float | None:
+def _holdout_aiq(proba: np.ndarray, split: SplitData, target_names: list[str]) -> float | None:
     """The holdout AIQ of the anchored policy fitted there, lambda swept, as `evaluate` scores validation
     (optimistic: the anchor and margin are fitted on the same rows); None where undefined."""
-    expected, cost = holdout_cost
-    policy = fit_anchored(proba, holdout.labels(), cost, holdout.target_names)
-    value = split_aiq(proba, SplitData(holdout.labels(), expected, cost), policy, holdout.target_names)
+    policy = fit_anchored(proba, split.labels, split.evaluation_cost(), target_names)
+    value = split_aiq(proba, split, policy, target_names)
     return None if math.isnan(value) else value
 
 
