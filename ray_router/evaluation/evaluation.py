@@ -11,9 +11,9 @@ For every probability router (prefill router, semantic trunk net, kNN, task labe
 - the cost-accuracy curve on test from sweeping the policy parameter (tau or lambda), its AIQ over one
   cost range common to all routers, and APGR for two-target pools; the same curve and AIQ on validation
   (what a choice between routers or policies can be made on without reading test);
-- operating points whose parameter is CHOSEN ON THE VALIDATION CURVE (best accuracy, cheapest point
-  matching the best single target, best point at the cheapest target's cost) and the policy's
-  default parameter, each then scored on test. The same points read off the test curve are kept as
+- operating points: the policy's most accurate setting (best accuracy: lambda = 0 or tau = 0), points
+  whose parameter is CHOSEN ON THE VALIDATION CURVE (cheapest point matching the best single target, best
+  point at the cheapest target's cost) and the policy's default parameter, each then scored on test. The same points read off the test curve are kept as
   ``test_readout``, marked optimistic: choosing a parameter on test overstates what it reaches.
 Every scored point (and every baseline: random, always-cheapest, always-best-single, oracle) gets
 accuracy, gap closed, total and per-query cost, cost savings vs the most expensive target, accuracy
@@ -254,9 +254,10 @@ class ValidationPoint:
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """A policy parameter chosen on the validation curve (``chosen_on`` "validation") or the policy's
-    default (``chosen_on`` "default", no sweep index nor validation point), scored on ``test``. A point
-    no sweep value qualified for is not ``reached``: parameter, sweep_index, validation and test are None."""
+    """A policy parameter chosen on the validation curve (``chosen_on`` "validation"), the sweep's most
+    accurate setting (``chosen_on`` "policy": its first value, lambda = 0 or tau = 0) or the policy's default
+    (``chosen_on`` "default", no sweep index nor validation point), scored on ``test``. A point no sweep value
+    qualified for is not ``reached``: parameter, sweep_index, validation and test are None."""
 
     chosen_on: str
     reached: bool
@@ -573,8 +574,10 @@ def _evaluate_router(
         val_curve = val.curve(sweep(proba_val, val.expected, base, values, names), values)
         val_single = metrics.per_target_outcomes(val.labels, val.cost)
         val_aiq = _curve_aiq(val_curve, _common_cost_range(val_single["mean_cost"]))
-        for point, index in _readout_indices(val_curve, val_single).items():
-            operating_points[point] = _operating_point(index, values, val_curve, scorer, decisions)
+        indices = _readout_indices(val_curve, val_single) | {"best_accuracy": _most_accurate_setting(val_curve)}
+        for point, index in indices.items():
+            chosen_on = "policy" if point == "best_accuracy" else "validation"
+            operating_points[point] = _operating_point(index, chosen_on, values, val_curve, scorer, decisions)
     default = route(proba, test.expected, base, names)
     operating_points["default"] = OperatingPoint(chosen_on="default", reached=True, parameter=_default_parameter(kind),
                                                  sweep_index=None, validation=None, test=scorer.summary(default.choice))
@@ -616,15 +619,14 @@ def _probability_quality(proba: np.ndarray, labels: np.ndarray) -> ProbabilityQu
     )
 
 
-def _operating_point(
-    index: int | None, values: np.ndarray, val_curve: Curve, scorer: _TestScorer, decisions: list[Ranking]
-) -> OperatingPoint:
+def _operating_point(index: int | None, chosen_on: str, values: np.ndarray, val_curve: Curve, scorer: _TestScorer,
+                     decisions: list[Ranking]) -> OperatingPoint:
     """The point at sweep ``index`` of the validation curve (None: not reached), scored on test."""
     if index is None:
-        return OperatingPoint(chosen_on="validation", reached=False, parameter=None, sweep_index=None,
+        return OperatingPoint(chosen_on=chosen_on, reached=False, parameter=None, sweep_index=None,
                               validation=None, test=None)
     return OperatingPoint(
-        chosen_on="validation",
+        chosen_on=chosen_on,
         reached=True,
         parameter=float(values[index]),
         sweep_index=index,
@@ -653,6 +655,15 @@ def _readout_indices(curve: Curve, single: dict) -> dict[str, int | None]:
         "match_best_single": sweep_index("index_match_best_single"),
         "at_cheapest_cost": sweep_index("index_at_cheapest_cost"),
     }
+
+
+def _most_accurate_setting(val_curve: Curve) -> int | None:
+    """The sweep index of the policy's most accurate setting: its first value with a defined validation point
+    (the grid rises from lambda = 0 or tau = 0: argmax, or the anchored margin fitted on validation). Not the
+    highest point of the validation curve, which favours the points that were lucky there: fitted on one
+    half of the holdout and scored on the other, that point is below lambda = 0 (bench/README.md)."""
+    finite = _finite_points(val_curve)
+    return int(finite[0]) if finite.size else None
 
 
 def _readout(curve: Curve, single: dict) -> dict[str, ReadoutPoint | None]:

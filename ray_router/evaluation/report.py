@@ -62,8 +62,8 @@ def write_report(results: EvaluationResults, out_dir: str | os.PathLike) -> None
 def headline_table(results: EvaluationResults) -> str:
     """Router vs baselines on test, as an aligned Markdown table (also readable in a terminal).
 
-    Each router is shown at its best-accuracy point chosen on validation (or at the policy's default
-    parameter when it had no validation scores)."""
+    Each router is shown at its best-accuracy point, the policy's most accurate setting (or at the policy's
+    default parameter when it had no validation scores)."""
     header = ["router", "point", "accuracy", "Δ vs best single [95% CI]", "gap closed", "cost savings",
               "cost/query", "mean AUC", "ECE", "missing labels"]
     rows = []
@@ -79,7 +79,8 @@ def headline_table(results: EvaluationResults) -> str:
 
 
 def headline_point(router: RouterResult) -> tuple[str, OperatingPoint]:
-    """(name, operating point) shown in the headline: best accuracy chosen on validation if reached, else default."""
+    """(name, operating point) shown in the headline: best accuracy (the sweep's most accurate setting) when the
+    router has a validation curve, else default."""
     point = router.operating_points.get(HEADLINE_POINT)
     if point is not None and point.reached:
         return HEADLINE_POINT, point
@@ -108,8 +109,9 @@ def markdown_report(results: EvaluationResults) -> str:
         "",
         headline_table(results),
         "",
-        f"Routers at their best-accuracy point, with {parameter} chosen on validation and scored on test "
-        "(a router without validation scores is shown at the default parameter). Δ is the accuracy "
+        f"Routers at their best-accuracy point, the policy's most accurate setting (the sweep's first "
+        f"{parameter}, 0 by default; an anchored policy's anchor and margin fitted on validation), scored on test (a router without "
+        "validation scores is shown at the default parameter). Δ is the accuracy "
         "difference with the test's best single target on the same queries, in percentage points, with a "
         "paired bootstrap 95 % interval: an interval containing 0 is no evidence of a difference. Gap closed "
         "= (router − best single) / (oracle − best single), all three on the queries the router's choices "
@@ -119,11 +121,12 @@ def markdown_report(results: EvaluationResults) -> str:
         "",
         "![cost-accuracy](cost_accuracy.png)",
         "",
-        "## Operating points (chosen on validation, scored on test)",
+        "## Operating points (chosen before test, scored on test)",
         "",
         _operating_points_table(results),
         "",
-        "Points: *best accuracy* = highest validation accuracy; *match best single* = cheapest point whose "
+        f"Points: *best accuracy* = the sweep's most accurate setting (its first {parameter}), not the highest "
+        "validation point, which luck favours; *match best single* = cheapest point whose "
         "validation accuracy reaches the validation best single target; *at cheapest cost* = best validation "
         "accuracy at no more than the cheapest target's cost; *default* = the policy's default parameter. "
         "'not reached' = no sweep point qualified on validation.",

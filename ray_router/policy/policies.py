@@ -28,6 +28,12 @@ from ray_router.policy.config import SWEEPABLE, PolicyConfig, merge_policy
 # Absolute slack on "p >= max p - tau": 0.9 - 0.2 is 0.7000000000000001 in floating point, and a
 # target at exactly p = 0.7 must count as within tau.
 TOLERANCE_SLACK = 1e-12
+# fit_anchored's default: the margin must gain over the anchor by one standard error on validation (the
+# one-standard-error rule), decided on validation halves of both benchmark datasets (bench/README.md).
+DEFAULT_CONFIDENCE = 1.0
+# Margins whose bounds differ by less than this are ties (the same routing can give bounds that differ in the
+# last bits).
+SCORE_TIE = 1e-12
 
 
 @dataclass(frozen=True)
@@ -225,30 +231,39 @@ def fit_anchored(
     *,
     allowed: list[str] | None = None,
     margins: np.ndarray | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
 ) -> PolicyConfig:
     """The anchored policy fitted on validation data: the anchor is the most accurate allowed target on
     `labels_val` (ties: the cheaper on `cost_val`), the margin the one of `margins` (default 0 to 1 by 0.01)
-    with the highest validation accuracy at lam = 0, the smallest on ties (the one that leaves the cost
-    trade-off the most room). A margin of 1 keeps the anchor on every query, so the fitted policy is never
-    below the anchor's validation accuracy."""
+    whose gain over the anchor at lam = 0 has the highest lower bound: the mean paired gain (routed minus
+    anchor correct, on the queries with both labels) minus `confidence` standard errors of it. Ties go to the
+    smallest margin (the one that leaves the cost trade-off the most room). A margin of 1 keeps the anchor
+    on every query (gain 0, bound 0), so the policy leaves the anchor only where validation says, with
+    `confidence` standard errors to spare, that it gains; `confidence` = 0 is the best validation accuracy."""
+    if not confidence >= 0:
+        raise UserError(f"confidence must be >= 0 (standard errors), got {confidence}")
     p, cost = _checked_inputs(proba_val, cost_val, target_names)
     labels = np.asarray(labels_val, dtype=float)
     known = ~np.isnan(labels)
     accuracy = np.where(known, labels, 0).sum(axis=0) / np.maximum(known.sum(axis=0), 1)
     accuracy = np.where(allowed_mask(target_names, allowed) & known.any(axis=0), accuracy, -np.inf)
     total = np.where(np.isnan(labels), 0, cost).sum(axis=0)
-    anchor = target_names[int(np.lexsort((np.arange(len(target_names)), total, -accuracy))[0])]
+    anchor = int(np.lexsort((np.arange(len(target_names)), total, -accuracy))[0])
     grid = np.linspace(0, 1, 101) if margins is None else np.asarray(margins, dtype=float)
     rows = np.arange(p.shape[0])
 
-    def accuracy_at(margin: float) -> float:
-        config = PolicyConfig(kind="anchored", anchor=anchor, margin=margin, allowed=allowed)
-        chosen = labels[rows, route(p, cost, config, target_names).choice]
-        return float(np.nanmean(chosen)) if np.isfinite(chosen).any() else -math.inf
+    def gain_bound(margin: float) -> float:
+        config = PolicyConfig(kind="anchored", anchor=target_names[anchor], margin=margin, allowed=allowed)
+        gain = labels[rows, route(p, cost, config, target_names).choice] - labels[:, anchor]
+        gain = gain[np.isfinite(gain)]
+        if gain.size == 0:
+            return -math.inf
+        spread = gain.std(ddof=1) / math.sqrt(gain.size) if gain.size > 1 else 0.0
+        return float(gain.mean() - confidence * spread)
 
-    scores = np.array([accuracy_at(margin) for margin in grid])
-    margin = float(grid[scores == scores.max()].min())
-    return PolicyConfig(kind="anchored", anchor=anchor, margin=margin, allowed=allowed)
+    scores = np.array([gain_bound(margin) for margin in grid])
+    margin = float(grid[scores >= scores.max() - SCORE_TIE].min())
+    return PolicyConfig(kind="anchored", anchor=target_names[anchor], margin=margin, allowed=allowed)
 
 
 def _utility_keys(

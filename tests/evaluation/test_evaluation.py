@@ -70,7 +70,7 @@ def test_perfect_router_closes_the_whole_gap_and_best_single_none():
     results = evaluate([given("perfect", LABELS, LABELS)], NAMES, split, split)
     router = results.routers[0]
     best = router.operating_points["best_accuracy"]
-    assert best.chosen_on == "validation" and best.reached
+    assert best.chosen_on == "policy" and best.reached
     assert best.test.accuracy == pytest.approx(5 / 6)
     assert best.test.gap_closed == pytest.approx(1.0)
     # with proba = labels, tau = 0 routes every query to its cheapest right target: the oracle's cost
@@ -100,11 +100,15 @@ def test_operating_points_are_chosen_on_validation_not_test():
         sweep_values=values,
     )
     router = results.routers[0]
+    match = router.operating_points["match_best_single"]  # the best single on validation is "cheap" (right on all)
+    assert match.parameter == 0.2 and match.sweep_index == 2  # the cheapest val point with accuracy 1
+    assert match.validation == ValidationPoint(accuracy=1.0, mean_cost=1.0)
+    assert match.test.accuracy == 0.0 and match.test.mean_cost == 1.0  # honest: wrong on test
+    assert router.test_readout["match_best_single"].parameter == 0.0  # what choosing on test would give
+    # best accuracy is the sweep's most accurate setting (tau = 0: argmax), not the highest validation point
     best = router.operating_points["best_accuracy"]
-    assert best.parameter == 0.2 and best.sweep_index == 2  # the cheapest val point with accuracy 1
-    assert best.validation == ValidationPoint(accuracy=1.0, mean_cost=1.0)
-    assert best.test.accuracy == 0.0 and best.test.mean_cost == 1.0  # honest: wrong on test
-    assert router.test_readout["best_accuracy"].parameter == 0.0  # what choosing on test would give
+    assert best.chosen_on == "policy" and best.parameter == 0.0 and best.validation.accuracy == 0.0
+    assert best.test.accuracy == 1.0
     assert router.curve.accuracy == [1.0, 1.0, 0.0, 0.0]
     assert router.val_curve.accuracy == [0.0, 0.0, 1.0, 1.0]
     assert router.apgr == pytest.approx(0.5)  # PGR 1 at all-strong points, 0 at all-weak ones
@@ -161,7 +165,7 @@ def test_write_report_writes_every_file_and_metrics_round_trip(tmp_path):
     markdown = (tmp_path / "report" / "report.md").read_text()
     table = headline_table(results)
     assert table in markdown and "noisy" in table and "oracle" in table
-    assert "best accuracy (val, λ=" in table and "default (λ=0.2)" in table
+    assert "best accuracy (λ=0)" in table and "default (λ=0.2)" in table
     for png in FILES[2:]:
         assert (tmp_path / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

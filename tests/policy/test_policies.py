@@ -230,3 +230,25 @@ def test_fit_anchored_never_loses_to_the_anchor_on_validation():
     assert PolicyConfig.model_validate_json(fitted.model_dump_json()) == fitted
     # margins equally accurate on validation: the smallest, which leaves the cost trade-off the most room
     assert fit_anchored(np.full((n, 2), 0.5), labels, np.array([2.0, 1.0]), ["big", "small"]).margin == 0.0
+
+
+def test_fit_anchored_leaves_the_anchor_only_for_a_gain_beyond_its_standard_error():
+    n = 100
+    labels = np.zeros((n, 2))
+    labels[:80, 0] = 1  # "big" right on 80 queries
+    moved = np.arange(80, 100)  # where "small" is predicted far better: right on 11 of them, "big" on the 9 others
+    labels[moved[:11], 1] = 1
+    labels[moved[11:], 0], labels[moved[11:], 1] = 1, 0
+    labels[:9, 0] = 0  # keep "big" the best single (80 right) with the 9 swapped
+    proba = np.column_stack([np.full(n, 0.5), np.where(np.isin(np.arange(n), moved), 0.9, 0.1)])
+    targets, cost = ["big", "small"], np.array([2.0, 1.0])
+
+    def routed(policy):
+        return labels[np.arange(n), route(proba, cost, policy, targets).choice].mean()
+
+    greedy = fit_anchored(proba, labels, cost, targets, confidence=0.0)
+    assert greedy.margin < 0.4 and routed(greedy) == pytest.approx(labels[:, 0].mean() + 0.02)  # 2 rows gained
+    cautious = fit_anchored(proba, labels, cost, targets)  # +0.02 is within one standard error (0.045): stay
+    assert cautious.margin == pytest.approx(0.4) and routed(cautious) == labels[:, 0].mean()
+    with pytest.raises(UserError, match="confidence"):
+        fit_anchored(proba, labels, cost, targets, confidence=-1.0)
