@@ -13,8 +13,9 @@ For every probability router (prefill router, semantic trunk net, kNN, task labe
   (what a choice between routers or policies can be made on without reading test);
 - operating points: the policy's most accurate setting (best accuracy: lambda = 0 or tau = 0), points
   whose parameter is CHOSEN ON THE VALIDATION CURVE (cheapest point matching the best single target, best
-  point at the cheapest target's cost) and the policy's default parameter, each then scored on test. The same points read off the test curve are kept as
-  ``test_readout``, marked optimistic: choosing a parameter on test overstates what it reaches.
+  point at the cheapest target's cost) and the policy's default parameter, each then scored on test. The
+  same points read off the test curve are kept as ``test_readout``, marked optimistic: choosing a parameter
+  on test overstates what it reaches.
 Every scored point (and every baseline: random, always-cheapest, always-best-single, oracle) gets
 accuracy, gap closed, total and per-query cost, cost savings vs the most expensive target, accuracy
 on the disagree zone, and a paired bootstrap CI of its accuracy difference with the test's best

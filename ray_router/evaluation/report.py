@@ -110,8 +110,8 @@ def markdown_report(results: EvaluationResults) -> str:
         headline_table(results),
         "",
         f"Routers at their best-accuracy point, the policy's most accurate setting (the sweep's first "
-        f"{parameter}, 0 by default; an anchored policy's anchor and margin fitted on validation), scored on test (a router without "
-        "validation scores is shown at the default parameter). Δ is the accuracy "
+        f"{parameter}, 0 by default; an anchored policy's anchor and margin fitted on validation), scored on "
+        "test (a router without validation scores is shown at the default parameter). Δ is the accuracy "
         "difference with the test's best single target on the same queries, in percentage points, with a "
         "paired bootstrap 95 % interval: an interval containing 0 is no evidence of a difference. Gap closed "
         "= (router − best single) / (oracle − best single), all three on the queries the router's choices "
@@ -206,7 +206,8 @@ def plot_cost_accuracy(results: EvaluationResults) -> plt.Figure:
         ax.scatter(test.mean_cost, test.accuracy, marker=BASELINE_MARKERS.get(baseline.name, "P"),
                    s=70, color="black" if baseline.name != "oracle" else "gold", edgecolor="black",
                    linewidth=0.6, zorder=5, label=baseline.name)
-    ax.scatter([], [], marker="*", s=140, color="white", edgecolor="black", label="best accuracy (chosen on val)")
+    ax.scatter([], [], marker="*", s=140, color="white", edgecolor="black",
+               label="best accuracy (most accurate setting)")
     ax.scatter([], [], marker="D", s=55, color="white", edgecolor="black", label="match best single (chosen on val)")
     if _log_scale(np.concatenate(all_costs)):
         ax.set_xscale("log")
