@@ -9,7 +9,8 @@ A (anchor; margin by the lower bound of its gain over the anchor, `confidence` 0
 most accurate point is read from A three ways: lambda = 0, the highest point of A's lambda curve, or the point
 of A's curve whose gain has the highest lower bound (ties: the cheapest). Each is scored on B as the accuracy
 difference with A's anchor on B (percentage points), with the share of halvings where it is below 0, and B's
-AIQ of the whole curve. Test rows are never read. bench/README.md ("operating points") has the last figures.
+AIQ of the whole curve. Test rows are never read. bench/README.md ("the most accurate point, and the margin by
+a lower bound") has the last figures.
 """
 
 import argparse
