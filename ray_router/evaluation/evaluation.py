@@ -46,6 +46,7 @@ from ray_router.policy.policies import (
     Ranking,
     default_sweep_values,
     fit_anchored,
+    most_accurate_target,
     route,
     sweep,
 )
@@ -474,7 +475,8 @@ def evaluate(
     Each router predicts on its ``X_test`` and, when ``val`` is given, on its ``X_val``: ``val`` chooses
     the operating points. ``labels_train`` chooses the always-best-single baseline (validation labels
     when it is None; never test labels). ``policy_kind`` is "tolerance" (sweeps tau), "utility"
-    (sweeps lambda) or "anchored" (anchor and margin fitted on each router's validation scores, sweeps lambda)
+    (sweeps lambda) or "anchored" (the anchor the most accurate target on ``labels_train`` and the validation
+    labels together, the margin fitted on each router's validation scores; sweeps lambda)
     over ``sweep_values`` (default: policies.default_sweep_values). ``seed`` drives the random baseline and
     the bootstraps. ``comparisons`` holds the first router minus each other one (mean AUC, AIQ), paired on
     the same resamples of the test queries.
@@ -489,16 +491,20 @@ def evaluate(
     scorer = _TestScorer(test_split, names, n_boot, seed)
     cost_range = _common_cost_range(scorer.single["mean_cost"])
     notes = [
-        "Operating points are chosen on the validation curve and scored on test; test_readout reads "
-        "the same points off the test curve and is optimistic.",
+        "best_accuracy is the sweep's most accurate setting (its first value); the other operating points are "
+        "chosen on the validation curve; all are scored on test. test_readout reads the same points off the "
+        "test curve and is optimistic.",
         f"accuracy_vs_best_single: paired bootstrap (95 %, {n_boot} resamples) of router minus "
         f"{names[scorer.best]} (the test's best single target) over queries where both labels are known.",
     ]
     if test.true_cost is None:
         notes.append("No true per-query test cost: cost is evaluated on the expected cost.")
 
+    anchored = policy_kind == "anchored" and val_split is not None
+    anchor = _anchor(val_split, labels_train, names) if anchored else None
     evaluated = [
-        _evaluate_router(name, proba_test, proba_val, scorer, val_split, names, policy_kind, values, cost_range)
+        _evaluate_router(name, proba_test, proba_val, scorer, val_split, names, policy_kind, values, cost_range,
+                         anchor)
         for name, proba_test, proba_val in predictions
     ]
     router_results = [result for result, _ in evaluated]
@@ -564,10 +570,11 @@ def _evaluate_router(
     kind: str,
     values: np.ndarray,
     cost_range: tuple[float, float] | None,
+    anchor: str | None,
 ) -> tuple[RouterResult, np.ndarray]:
     """The router's result and its (sweep points, n_test) chosen targets."""
     test = scorer.split
-    base = _swept_policy(kind, proba_val, val, names, name)
+    base = _swept_policy(kind, proba_val, val, names, name, anchor)
     decisions = sweep(proba, test.expected, base, values, names)
     curve = test.curve(decisions, values)
     val_curve, val_aiq, operating_points = None, None, {}
@@ -597,14 +604,21 @@ def _evaluate_router(
 
 
 def _swept_policy(kind: str, proba_val: np.ndarray | None, val: _Split | None, names: list[str],
-                  router: str) -> PolicyConfig:
-    """The policy whose parameter is swept: the kind's defaults, or for "anchored" the anchor and margin
+                  router: str, anchor: str | None) -> PolicyConfig:
+    """The policy whose parameter is swept: the kind's defaults, or for "anchored" `anchor` with the margin
     fitted on the router's validation probabilities (never on test)."""
     if kind != "anchored":
         return PolicyConfig(kind=kind)
     if proba_val is None or val is None:
         raise ValueError(f"{router}: the anchored policy is fitted on validation: give X_val and a validation split")
-    return fit_anchored(proba_val, val.labels, val.cost, names)
+    return fit_anchored(proba_val, val.labels, val.cost, names, anchor=anchor)
+
+
+def _anchor(val: _Split, labels_train: np.ndarray | None, names: list[str]) -> str:
+    """The anchored policy's anchor, the same for every router: the most accurate target on the training labels
+    and the validation labels together (validation alone without training labels), ties by validation cost."""
+    labels = val.labels if labels_train is None else np.vstack([np.asarray(labels_train, dtype=float), val.labels])
+    return most_accurate_target(labels, val.cost.mean(axis=0), names)
 
 
 def _probability_quality(proba: np.ndarray, labels: np.ndarray) -> ProbabilityQuality:

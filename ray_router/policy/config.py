@@ -29,11 +29,11 @@ class PolicyConfig(pydantic.BaseModel):
       the mean cost per query stays <= ``budget``; ``lam`` must be given explicitly for this kind.
     - ``anchored``: ``utility`` with the ``anchor`` target's p raised by ``margin``: the target maximising
       p + ``margin`` * [anchor] - ``lam`` * c_norm, the anchor on ties (``lam`` defaults to 0 for this kind).
-      At lam = 0 that is the anchor (the best single target on validation) unless another target's p beats
-      the anchor's by more than ``margin`` (then the highest p); a margin of 1 or more (or none) never leaves
-      it there. ``anchor`` and ``margin`` are fitted on validation data by ``fit_anchored``, so that at
-      lam = 0 validation accuracy is never below the anchor's; lam > 0 trades accuracy for cost as utility
-      does, the anchor keeping its margin.
+      At lam = 0 that is the anchor (the best single target on the training labels) unless another target's
+      p beats the anchor's by more than ``margin`` (then the highest p); a margin of 1 or more (or none) never
+      leaves it there. ``margin`` is fitted on validation data by ``fit_anchored``, so that at lam = 0
+      validation accuracy is never below the anchor's; lam > 0 trades accuracy for cost as utility does, the
+      anchor keeping its margin.
     ``allowed`` restricts every policy to a subset of target names (None: all targets).
     """
 

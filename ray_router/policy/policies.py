@@ -232,9 +232,11 @@ def fit_anchored(
     allowed: list[str] | None = None,
     margins: np.ndarray | None = None,
     confidence: float = DEFAULT_CONFIDENCE,
+    anchor: str | None = None,
 ) -> PolicyConfig:
-    """The anchored policy fitted on validation data: the anchor is the most accurate allowed target on
-    `labels_val` (ties: the cheaper on `cost_val`), the margin the one of `margins` (default 0 to 1 by 0.01)
+    """The anchored policy fitted on validation data: the anchor is `anchor` (e.g. `most_accurate_target` of
+    every training label) or else the most accurate allowed target on `labels_val`, the margin the one of
+    `margins` (default 0 to 1 by 0.01)
     whose gain over the anchor at lam = 0 has the highest lower bound: the mean paired gain (routed minus
     anchor correct, on the queries with both labels) minus `confidence` standard errors of it. Ties go to the
     smallest margin (the one that leaves the cost trade-off the most room). A margin of 1 keeps the anchor
@@ -244,11 +246,8 @@ def fit_anchored(
         raise UserError(f"confidence must be >= 0 (standard errors), got {confidence}")
     p, cost = _checked_inputs(proba_val, cost_val, target_names)
     labels = np.asarray(labels_val, dtype=float)
-    known = ~np.isnan(labels)
-    accuracy = np.where(known, labels, 0).sum(axis=0) / np.maximum(known.sum(axis=0), 1)
-    accuracy = np.where(allowed_mask(target_names, allowed) & known.any(axis=0), accuracy, -np.inf)
-    total = np.where(np.isnan(labels), 0, cost).sum(axis=0)
-    anchor = int(np.lexsort((np.arange(len(target_names)), total, -accuracy))[0])
+    anchor = _anchor_index(anchor or most_accurate_target(labels, cost.mean(axis=0), target_names, allowed),
+                           target_names)
     grid = np.linspace(0, 1, 101) if margins is None else np.asarray(margins, dtype=float)
     rows = np.arange(p.shape[0])
 
@@ -264,6 +263,21 @@ def fit_anchored(
     scores = np.array([gain_bound(margin) for margin in grid])
     margin = float(grid[scores >= scores.max() - SCORE_TIE].min())
     return PolicyConfig(kind="anchored", anchor=target_names[anchor], margin=margin, allowed=allowed)
+
+
+def most_accurate_target(labels: np.ndarray, mean_cost: np.ndarray, target_names: list[str],
+                         allowed: list[str] | None = None) -> str:
+    """The allowed target right on the largest share of its labelled queries in `labels` ((n, K), NaN =
+    unknown); ties: the lower `mean_cost` ((K,)), then column order. UserError when no allowed target has a
+    label."""
+    labels = np.asarray(labels, dtype=float)
+    known = ~np.isnan(labels)
+    candidates = allowed_mask(target_names, allowed) & known.any(axis=0)
+    if not candidates.any():
+        raise UserError("no allowed target has a label to choose the anchor on")
+    accuracy = np.where(known, labels, 0).sum(axis=0) / np.maximum(known.sum(axis=0), 1)
+    accuracy = np.where(candidates, accuracy, -np.inf)
+    return target_names[int(np.lexsort((np.arange(len(target_names)), np.asarray(mean_cost), -accuracy))[0])]
 
 
 def _utility_keys(

@@ -239,6 +239,12 @@ def test_anchored_policy_is_fitted_on_validation_and_swept_over_lambda():
     assert best.validation.accuracy >= val_labels[:, 1].mean()  # never below the anchor on validation
     assert router.curve.mean_cost[-1] == COST.min()  # lambda = inf: always the cheapest
     assert results.to_json()["routers"][0]["swept_policy"]["anchor"] == "mid"
+    # with training labels the anchor is chosen on them and the validation labels together, for every router
+    train_labels = np.column_stack([np.ones(400), np.zeros(400), np.zeros(400)])  # "big" always right there
+    with_train = evaluate([RouterInput("noise", GivenProba(), proba_test, proba_val)], NAMES,
+                          SplitData(test_labels, COST), SplitData(val_labels, COST), labels_train=train_labels,
+                          policy_kind="anchored", n_boot=100)
+    assert with_train.routers[0].swept_policy["anchor"] == "big"
 
 
 def test_the_first_router_is_compared_with_each_other_on_the_same_resamples():

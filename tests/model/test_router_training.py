@@ -187,12 +187,13 @@ def test_candidates_are_compared_on_the_holdout_and_every_head_round_trips(small
     assert trained.manifest.head["kind"] == kept["override"]["head"]
     assert trained.manifest.validation.holdout_log_loss == kept["holdout_log_loss"]
     assert all(0 < c["holdout_aiq"] <= 1 for c in candidates)
-    # the recorded holdout AIQ is the one `evaluate` gives with the holdout as test and validation split
-    _, holdout = split_for_training(RoutingDataset.read(small_routerbench), config.holdout_fraction)
+    # the recorded holdout AIQ is the one `evaluate` gives with the holdout as test and validation split (and the
+    # fit rows' labels, so that both choose the anchor on the whole training split)
+    fit_rows, holdout = split_for_training(RoutingDataset.read(small_routerbench), config.holdout_fraction)
     x_holdout = FeatureSet.open(str(small_features)).load(holdout.query_ids, trained.required_keys)
     split = SplitData(holdout.labels(), trained.expected_cost(holdout.prompts), holdout.costs())
     scored = evaluate([RouterInput("head", trained.model, x_holdout, x_holdout)], trained.targets, split, split,
-                      policy_kind="anchored", n_boot=10)
+                      labels_train=fit_rows.labels(), policy_kind="anchored", n_boot=10)
     assert kept["holdout_aiq"] == pytest.approx(scored.routers[0].aiq) == pytest.approx(scored.routers[0].val_aiq)
     assert len(trained.manifest.temperatures) == len(trained.targets)  # calibrated on the holdout
     policy = trained.default_policy

@@ -11,6 +11,7 @@ from ray_router.policy.policies import (
     default_sweep_values,
     fit_anchored,
     fit_budget_lambda,
+    most_accurate_target,
     route,
     sweep,
 )
@@ -252,3 +253,19 @@ def test_fit_anchored_leaves_the_anchor_only_for_a_gain_beyond_its_standard_erro
     assert cautious.margin == pytest.approx(0.4) and routed(cautious) == labels[:, 0].mean()
     with pytest.raises(UserError, match="confidence"):
         fit_anchored(proba, labels, cost, targets, confidence=-1.0)
+
+
+def test_the_anchor_can_come_from_more_labels_than_validation():
+    labels = np.array([[1, 0], [1, 0], [0, 1], [np.nan, 1]])  # "small" right on 2 of 4, "big" on 2 of its 3
+    targets, cost = ["big", "small"], np.array([2.0, 1.0])
+    assert most_accurate_target(labels, cost, targets) == "big"
+    assert most_accurate_target(labels[:3], cost, targets) == "big"  # 2/3 against 1/3
+    assert most_accurate_target(labels[[0, 2]], cost, targets) == "small"  # tie: the cheaper
+    assert most_accurate_target(labels, cost, targets, allowed=["small"]) == "small"
+    with pytest.raises(UserError, match="no allowed target has a label"):
+        most_accurate_target(np.full((2, 2), np.nan), cost, targets)
+    proba = np.tile([0.2, 0.8], (4, 1))
+    given = fit_anchored(proba, labels, cost, targets, anchor="small", confidence=0.0)
+    assert given.anchor == "small" and route(proba, cost, given, targets).choice.tolist() == [1, 1, 1, 1]
+    with pytest.raises(UserError, match="nobody"):
+        fit_anchored(proba, labels, cost, targets, anchor="nobody")
