@@ -24,7 +24,8 @@ from ray_router.cli.options import (
 @click.option("--lam", type=float, default=None,
               help="utility, anchored: weight of normalised cost; budget: the lambda fitted on validation (required).")
 @click.option("--budget", type=float, default=None, help="budget: mean cost per query (USD), with its fitted --lam.")
-@click.option("--anchor", default=None, help="anchored: the target to stay on (fitted on validation: the best single).")
+@click.option("--anchor", default=None, help="anchored: the target to stay on (fitted: the best single target on the "
+              "training labels).")
 @click.option("--margin", type=float, default=None,
               help="anchored: probability advantage another target needs to be chosen instead (fitted on validation).")
 @click.option("--allowed", default=None, help="Comma-separated targets that may be chosen (default: all).")

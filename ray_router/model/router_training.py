@@ -156,6 +156,7 @@ def train_router(
         raise UserError("comparing candidates needs holdout rows (holdout_fraction > 0)")
     cost_model = CostModel.fit(fit_rows)
     holdout_split = _holdout_split(holdout_rows, cost_model)
+    anchor = _anchor(dataset, holdout_split) if len(holdout_rows) else None  # one for every candidate
     selections: dict = {}  # the layer scans, run once for all candidates
     fitted = []
     for candidate in configs:
@@ -168,7 +169,7 @@ def train_router(
         keys = list(dict.fromkeys(key for spec in specs for key in block_keys(spec)))
         model = _fit_head(candidate, specs, use_ray, feature_set.load(fit_rows.query_ids, keys), fit_rows.labels(),
                           feature_set.load(holdout_rows.query_ids, keys), holdout_rows.labels())
-        fitted.append((model, _holdout_scores(model, feature_set, holdout_rows, holdout_split, dataset)))
+        fitted.append((model, _holdout_scores(model, feature_set, holdout_rows, holdout_split, anchor)))
     chosen = min(range(len(fitted)), key=lambda i: (fitted[i][1].get("holdout_log_loss", math.inf), i))
     model, scores = fitted[chosen]
     holdout_proba = None
@@ -181,7 +182,7 @@ def train_router(
         targets=dataset.target_names,
         temperatures=temperatures,
         cost_model=cost_model,
-        default_policy=_default_policy(configs[chosen], holdout_proba, dataset, holdout_split),
+        default_policy=_default_policy(configs[chosen], holdout_proba, holdout_split, dataset.target_names, anchor),
         validation=ValidationSummary(
             holdout_fraction=config.holdout_fraction,
             fit_rows=len(fit_rows),
@@ -241,23 +242,22 @@ def _holdout_split(holdout: RoutingDataset, cost_model: CostModel) -> SplitData:
     return SplitData(holdout.labels(), cost_model.expected_cost(holdout.prompts), holdout.costs())
 
 
-def _default_policy(config: RouterTrainConfig, holdout_proba: np.ndarray | None, dataset: RoutingDataset,
-                    split: SplitData) -> PolicyConfig:
+def _default_policy(config: RouterTrainConfig, holdout_proba: np.ndarray | None, split: SplitData,
+                    target_names: list[str], anchor: str | None) -> PolicyConfig:
     """The config's default policy; "anchored" is fitted on the router's holdout probabilities."""
     if config.default_policy != "anchored":
         return config.default_policy
     if holdout_proba is None:
         raise UserError("an anchored default policy is fitted on holdout rows (holdout_fraction > 0)")
-    return _fitted_anchored(holdout_proba, split, dataset)
+    return fit_anchored(holdout_proba, split.labels, split.evaluation_cost(), target_names, anchor=anchor)
 
 
-def _fitted_anchored(holdout_proba: np.ndarray, split: SplitData, dataset: RoutingDataset) -> PolicyConfig:
-    """The anchored policy: its margin fitted on the holdout, its anchor the most accurate target on every
-    label of the training split (fit rows and holdout: more labels than the holdout alone to tell close
-    targets apart; the anchor needs no prediction)."""
-    cost = split.evaluation_cost()
-    anchor = most_accurate_target(dataset.select(split="train").labels(), cost.mean(axis=0), dataset.target_names)
-    return fit_anchored(holdout_proba, split.labels, cost, dataset.target_names, anchor=anchor)
+def _anchor(dataset: RoutingDataset, holdout: SplitData) -> str:
+    """The anchored policy's anchor: the most accurate target on every label of the training split (fit rows and
+    holdout: more labels than the holdout alone to tell close targets apart; the anchor needs no prediction),
+    ties by the holdout's mean cost."""
+    return most_accurate_target(dataset.select(split="train").labels(), holdout.evaluation_cost().mean(axis=0),
+                                dataset.target_names)
 
 
 def _trunk_losses(model: ProbaRouter) -> dict:
@@ -305,7 +305,7 @@ def target_blocks(dataset: RoutingDataset, feature_set: FeatureSet, scan: str | 
 
 
 def _holdout_scores(model: ProbaRouter, feature_set: FeatureSet, holdout: RoutingDataset, split: SplitData,
-                    dataset: RoutingDataset) -> dict:
+                    anchor: str | None) -> dict:
     """The router's per-target ROC-AUC on its holdout rows (None where undefined), their mean, the mean
     log-loss and the routing AIQ; empty without holdout rows."""
     if not len(holdout):
@@ -315,14 +315,14 @@ def _holdout_scores(model: ProbaRouter, feature_set: FeatureSet, holdout: Routin
     return {"holdout_auc": [None if np.isnan(a) else float(a) for a in auc],
             "holdout_mean_auc": float(np.nanmean(auc)) if np.isfinite(auc).any() else None,
             "holdout_log_loss": mean_log_loss(proba, holdout.labels()),
-            "holdout_aiq": _holdout_aiq(proba, split, dataset)}
+            "holdout_aiq": _holdout_aiq(proba, split, holdout.target_names, anchor)}
 
 
-def _holdout_aiq(proba: np.ndarray, split: SplitData, dataset: RoutingDataset) -> float | None:
-    """The holdout AIQ of the anchored policy fitted there, lambda swept, as `evaluate` scores validation
-    (optimistic: the margin is fitted on the same rows); None where undefined."""
-    policy = _fitted_anchored(proba, split, dataset)
-    value = split_aiq(proba, split, policy, dataset.target_names)
+def _holdout_aiq(proba: np.ndarray, split: SplitData, target_names: list[str], anchor: str) -> float | None:
+    """The holdout AIQ of the anchored policy (`anchor`, the margin fitted there), lambda swept, as `evaluate`
+    scores validation (optimistic: the margin is fitted on the same rows); None where undefined."""
+    policy = fit_anchored(proba, split.labels, split.evaluation_cost(), target_names, anchor=anchor)
+    value = split_aiq(proba, split, policy, target_names)
     return None if math.isnan(value) else value
 
 

@@ -236,9 +236,9 @@ def fit_anchored(
 ) -> PolicyConfig:
     """The anchored policy fitted on validation data: the anchor is `anchor` (e.g. `most_accurate_target` of
     every training label) or else the most accurate allowed target on `labels_val`, the margin the one of
-    `margins` (default 0 to 1 by 0.01)
-    whose gain over the anchor at lam = 0 has the highest lower bound: the mean paired gain (routed minus
-    anchor correct, on the queries with both labels) minus `confidence` standard errors of it. Ties go to the
+    `margins` (default 0 to 1 by 0.01) whose gain over the anchor at lam = 0 has the highest lower bound: the
+    mean paired gain (routed minus anchor correct, on the queries with both labels) minus `confidence`
+    standard errors of it. Ties go to the
     smallest margin (the one that leaves the cost trade-off the most room). A margin of 1 keeps the anchor
     on every query (gain 0, bound 0), so the policy leaves the anchor only where validation says, with
     `confidence` standard errors to spare, that it gains; `confidence` = 0 is the best validation accuracy."""
