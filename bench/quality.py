@@ -8,7 +8,9 @@ Every step is the `ray-router` command a user would run, as a subprocess; its ou
 and its wall time into the result. Per encoder: extraction of every layer (full depth; resumable into
 <work>/features-<encoder>) and a layer scan. Then `train` with the search config SEARCH: every candidate (head,
 blocks, PCA k, width, dropout, weight decay) is trained on the fit rows and the one with the lowest holdout
-log-loss is kept; calibration is kept when it lowers the holdout log-loss (cross-fitted). The encoders are a
+log-loss is kept; calibration is kept when it lowers the holdout log-loss (cross-fitted); the kept head is fitted
+again on POLICY_FOLDS folds of the fit rows, whose out-of-fold predictions join the holdout as the rows the
+policy is chosen on (evaluate does the same for the baselines). The encoders are a
 lever too: the search on every encoder and on the first alone, and the one with the lower holdout log-loss is
 the router (the other is its encoder row). Each ABLATION row is the same training on the chosen encoders with
 one lever switched off. One `evaluate` scores them all on the same test split, with the
@@ -64,6 +66,7 @@ ABLATION = {
     "no hyperparameter search": {"candidates": [c for c in SEARCH if not ({"pca_k", "trainer"} & set(c))]},
     "no calibration": {"calibrate": False},
 }
+POLICY_FOLDS = 5  # bench/validation_out_of_fold.py: the policy's points hold better on these rows than on the holdout
 POLICY_ABLATION = {"tolerance policy": "tolerance", "utility policy": "utility"}  # row name -> policy swept
 
 
@@ -113,7 +116,7 @@ def main() -> None:
 
     def train(name: str, override: dict, use: int) -> str:
         config = work / f"train-{name.replace(' ', '-')}.yaml"
-        config.write_text(yaml.safe_dump({"candidates": SEARCH, **override}))
+        config.write_text(yaml.safe_dump({"candidates": SEARCH, "policy_folds": POLICY_FOLDS, **override}))
         bundle = str(work / f"router-{name.replace(' ', '-')}")
         options = [x for f, s in zip(features[:use], scans[:use]) for x in ("--features", f, "--scan", s)]
         run(f"train-{name.replace(' ', '-')}", "train", "--data", data, *options, "--config", str(config),

@@ -3,10 +3,11 @@
     .venv/bin/python bench/validation_out_of_fold.py --bundle B --data D --features F [--features F2]
         --config TRAIN_CONFIG [--folds 5] [--halvings 60] [--seed 4]
 
-The bundle's chosen candidate (read from its router.json and laid over TRAIN_CONFIG, the search config it was
-trained with) is fitted again `--folds` times in this process, each time on the fit rows minus one fold (the
-stack's weights and kNN's k still chosen on the holdout, as in training), and predicts that fold: out-of-fold
-probabilities for every fit row. Then on each of `--halvings` random halvings A/B of the holdout the anchored
+The out-of-fold probabilities of every fit row are the bundle's own when it was trained with `policy_folds`;
+otherwise the bundle's chosen candidate (read from its router.json and laid over TRAIN_CONFIG, the search
+config it was trained with) is fitted again `--folds` times in this process, each time on the fit rows minus
+one fold (training's folds by query_id; the stack's weights and kNN's k still chosen on the holdout, as in
+training), and predicts that fold. Then on each of `--halvings` random halvings A/B of the holdout the anchored
 policy and its points are chosen on A alone (the bundle's own predictions), or on A plus every out-of-fold
 fit row, and scored on B with the bundle's predictions: the gain at lambda = 0 and at the match-best-single
 point over B's best single target (points; share of halvings below 0), that point's savings against B's most
@@ -15,7 +16,6 @@ the last figures.
 """
 
 import argparse
-import time
 
 import numpy as np
 
@@ -23,12 +23,11 @@ from ray_router.data.routing_dataset import RoutingDataset
 from ray_router.evaluation import metrics
 from ray_router.evaluation.evaluation import SplitData, _common_cost_range, _curve_aiq, _readout_indices, _Split
 from ray_router.features.feature_set import FeatureSet
+from ray_router.model.bundle import read_out_of_fold
+from ray_router.model.out_of_fold import fold_ids, out_of_fold_proba, take_rows
 from ray_router.model.router_training import RouterTrainConfig, _fit_head, split_for_training
 from ray_router.policy.policies import default_sweep_values, fit_anchored, sweep
 from ray_router.router import Router
-
-FOLD_SALT = 7  # the folds' random draw (the holdout itself is the training's salted hash)
-
 
 def chosen_config(bundle: Router, config_path: str) -> RouterTrainConfig:
     """The search config with the bundle's chosen candidate laid over it."""
@@ -52,14 +51,11 @@ def out_of_fold(bundle: Router, config: RouterTrainConfig, features, fit_rows, h
     specs, keys = target_specs(bundle.manifest.head), bundle.required_keys
     X, Y = features.load(fit_rows.query_ids, keys), fit_rows.labels()
     X_val, Y_val = features.load(holdout.query_ids, keys), holdout.labels()
-    fold = np.random.default_rng(FOLD_SALT).integers(0, folds, len(fit_rows))
-    proba = np.full(Y.shape, np.nan)
-    for f in range(folds):
-        start, train, held = time.time(), np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-        head = _fit_head(config, specs, False, {k: v[train] for k, v in X.items()}, Y[train], X_val, Y_val)
-        proba[held] = head.predict_proba({k: v[held] for k, v in X.items()})
-        print(f"fold {f}: {len(train)} rows fitted, {len(held)} predicted, {time.time() - start:.0f} s", flush=True)
-    return proba
+
+    def fit(rows: np.ndarray):
+        return _fit_head(config, specs, False, take_rows(X, rows), Y[rows], X_val, Y_val)
+
+    return out_of_fold_proba(fit, X, fold_ids(fit_rows.query_ids, folds), Y.shape[1])
 
 
 def split_of(bundle: Router, rows) -> _Split:
@@ -107,7 +103,9 @@ def main() -> None:
     bundle = Router.load(args.bundle)
     dataset, features = RoutingDataset.read(args.data), FeatureSet.open(args.features)
     fit_rows, holdout = split_for_training(dataset, bundle.manifest.validation.holdout_fraction)
-    p_fit = out_of_fold(bundle, chosen_config(bundle, args.config), features, fit_rows, holdout, args.folds)
+    p_fit = read_out_of_fold(args.bundle, bundle.manifest)
+    if p_fit is None:
+        p_fit = out_of_fold(bundle, chosen_config(bundle, args.config), features, fit_rows, holdout, args.folds)
     p_hold = bundle.predict_proba(features.load(holdout.query_ids, bundle.required_keys))
     fit_split, hold_split, names = split_of(bundle, fit_rows), split_of(bundle, holdout), bundle.targets
     rng, results = np.random.default_rng(args.seed), {"holdout half": [], "holdout half + out-of-fold": []}

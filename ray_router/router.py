@@ -67,9 +67,10 @@ class Router:
         """Load and check a bundle folder (local path or URI); UserError naming the problem when it is not one."""
         return cls(*read_bundle(path))
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the bundle folder (local path or URI): each file atomically, router.json last."""
-        self.manifest = write_bundle(path, self.manifest, self.model)
+    def save(self, path: str | os.PathLike, out_of_fold: np.ndarray | None = None) -> None:
+        """Write the bundle folder (local path or URI): each file atomically, router.json last; `out_of_fold`:
+        the fit rows' out-of-fold probabilities, for evaluation (training writes them)."""
+        self.manifest = write_bundle(path, self.manifest, self.model, out_of_fold)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_encoder": None}  # a Ray actor builds its own encoder

@@ -65,3 +65,6 @@ def train(data, features, out, scan, config_path, local, address):
     for candidate in summary.candidates:
         click.echo(f"  candidate {candidate['override']}: holdout log-loss {candidate['holdout_log_loss']:.4f}, "
                    f"mean AUC {candidate['holdout_mean_auc']:.3f}" + ("  <- kept" if candidate["chosen"] else ""))
+    if summary.policy_folds:
+        click.echo(f"  the {summary.fit_rows} fit rows predicted out of fold ({summary.policy_folds} folds), for "
+                   "choosing policy parameters")

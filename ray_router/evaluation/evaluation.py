@@ -58,12 +58,14 @@ FORMAT_VERSION = 1
 class RouterInput:
     """A router to evaluate: ``router.predict_proba(X_test)`` gives its (n_test, K) probabilities and, to
     choose operating points, ``router.predict_proba(X_val)`` those on the validation split (None: the
-    default point only). ``X_test`` and ``X_val`` are whatever the router reads, one row per query."""
+    default point only), or ``proba_val`` gives them (rows some copy of the router predicted without training on
+    them: out of fold). ``X_test`` and ``X_val`` are whatever the router reads, one row per query."""
 
     name: str
     router: ProbaRouter
     X_test: Any
     X_val: Any = None
+    proba_val: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,16 @@ class SplitData:
             return expected
         true_cost = np.asarray(self.true_cost, dtype=float)
         return np.where(np.isnan(true_cost), expected, true_cost)
+
+    @staticmethod
+    def concat(splits: list[SplitData]) -> SplitData:
+        """The rows of `splits`, one after the other (an unknown true cost stays unknown)."""
+
+        def cells(split: SplitData, value) -> np.ndarray:
+            return np.broadcast_to(np.asarray(np.nan if value is None else value, dtype=float), np.shape(split.labels))
+
+        return SplitData(*(np.vstack([cells(split, getattr(split, name)) for split in splits])
+                           for name in ("labels", "expected_cost", "true_cost")))
 
 
 @dataclass(frozen=True)
@@ -552,8 +564,9 @@ def _predict(
         if proba_test.shape != test.labels.shape:
             raise ValueError(f"{item.name}: proba_test must be {test.labels.shape}, got {proba_test.shape}")
         proba_val = None
-        if val is not None and item.X_val is not None:
-            proba_val = np.asarray(item.router.predict_proba(item.X_val), dtype=float)
+        if val is not None and (item.proba_val is not None or item.X_val is not None):
+            given = item.router.predict_proba(item.X_val) if item.proba_val is None else item.proba_val
+            proba_val = np.asarray(given, dtype=float)
             if proba_val.shape != val.labels.shape:
                 raise ValueError(f"{item.name}: proba_val must be {val.labels.shape}, got {proba_val.shape}")
         predictions.append((item.name, proba_test, proba_val))

@@ -4,6 +4,8 @@
                          reads, targets, the head's description (its kind, blocks and parameters), the
                          calibration, cost model, default policy, validation summary, creation time, data hash
     head.safetensors     the head's arrays (preprocessing, network weights, neighbours, ...)
+    out_of_fold.safetensors  (when trained with policy folds) the fit rows' out-of-fold probabilities,
+                         validation rows for evaluation; serving never reads it
 
 No pickle: loading reads JSON and tensors only, checks the format version and the sha256 of the tensor
 file recorded in router.json, rebuilds the head through its kind (ray_router.model.heads) and runs it once
@@ -37,6 +39,7 @@ from ray_router.policy.config import PolicyConfig
 BUNDLE_FORMAT_VERSION = 2
 MANIFEST_FILE = "router.json"
 HEAD_FILE = "head.safetensors"
+OUT_OF_FOLD_FILE = "out_of_fold.safetensors"
 
 
 class ValidationSummary(BaseModel):
@@ -54,6 +57,9 @@ class ValidationSummary(BaseModel):
     member_val_losses: list[float] = Field(default_factory=list, description="trunk: every member's own loss")
     kept_members: list[int] = Field(default_factory=list)
     candidates: list[dict] = Field(default_factory=list, description="each candidate's overrides and holdout scores")
+    policy_folds: int = Field(0, description="folds of the fit rows predicted out of fold (0: none)")
+    out_of_fold_rows: str | None = Field(None, description="sha256 of the query ids of the rows predicted out of "
+                                         "fold, in the order of out_of_fold.safetensors")
     calibration: dict[str, float] | None = Field(
         None, description="holdout log_loss / ece before and after calibration (cross-fitted halves)")
 
@@ -84,15 +90,19 @@ class RouterManifest(BaseModel):
         return self
 
 
-def write_bundle(path: str | os.PathLike, manifest: RouterManifest, model: ProbaRouter) -> RouterManifest:
-    """Write the bundle folder (local path or URI): the tensors, then router.json (with the head's description
-    and the tensor file's sha256); returns the manifest written."""
+def write_bundle(path: str | os.PathLike, manifest: RouterManifest, model: ProbaRouter,
+                 out_of_fold: np.ndarray | None = None) -> RouterManifest:
+    """Write the bundle folder (local path or URI): the tensors (and the out-of-fold probabilities when given),
+    then router.json (with the head's description and the tensor files' sha256); returns the manifest written."""
     path = os.fspath(path)
     description, tensors = model.to_bundle()
-    data = save_numpy({name: np.ascontiguousarray(array) for name, array in tensors.items()})
-    manifest = manifest.model_copy(update={"head": description,
-                                           "file_sha256": {HEAD_FILE: hashlib.sha256(data).hexdigest()}})
-    storage.write_bytes_atomic(storage.join(path, HEAD_FILE), data)
+    files = {HEAD_FILE: save_numpy({name: np.ascontiguousarray(array) for name, array in tensors.items()})}
+    if out_of_fold is not None:
+        files[OUT_OF_FOLD_FILE] = save_numpy({"proba": np.ascontiguousarray(out_of_fold, dtype=np.float32)})
+    manifest = manifest.model_copy(update={
+        "head": description, "file_sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}})
+    for name, data in files.items():
+        storage.write_bytes_atomic(storage.join(path, name), data)
     storage.write_bytes_atomic(storage.join(path, MANIFEST_FILE), manifest.model_dump_json(indent=2).encode())
     return manifest
 
@@ -118,7 +128,7 @@ def read_bundle(path: str | os.PathLike) -> tuple[RouterManifest, ProbaRouter]:
     except ValidationError as err:
         raise UserError(f"{manifest_file}: invalid router manifest: {validation_message(err)}") from None
     try:
-        tensors = load_numpy(_read_tensor_file(path, manifest))
+        tensors = load_numpy(_read_tensor_file(path, manifest, HEAD_FILE))
     except (SafetensorError, ValueError) as err:
         raise UserError(f"{path}: unreadable bundle tensors ({err})") from None
     try:
@@ -129,14 +139,30 @@ def read_bundle(path: str | os.PathLike) -> tuple[RouterManifest, ProbaRouter]:
     return manifest, model
 
 
-def _read_tensor_file(path: str, manifest: RouterManifest) -> bytes:
-    """The tensor file's bytes, checked against the sha256 that router.json records for it."""
+def read_out_of_fold(path: str | os.PathLike, manifest: RouterManifest) -> np.ndarray | None:
+    """(fit rows, K) out-of-fold probabilities of the bundle at `path` (None: it has none); UserError when the
+    file does not match router.json."""
+    path = os.fspath(path).rstrip("/")
+    if OUT_OF_FOLD_FILE not in manifest.file_sha256:
+        return None
     try:
-        data = storage.read_bytes(storage.join(path, HEAD_FILE))
+        proba = load_numpy(_read_tensor_file(path, manifest, OUT_OF_FOLD_FILE))["proba"]
+    except (SafetensorError, ValueError, KeyError) as err:
+        raise UserError(f"{path}: unreadable out-of-fold probabilities ({err})") from None
+    if proba.shape != (manifest.validation.fit_rows, len(manifest.targets)):
+        raise UserError(f"{path}/{OUT_OF_FOLD_FILE}: shape {proba.shape}, expected "
+                        f"{(manifest.validation.fit_rows, len(manifest.targets))}")
+    return proba.astype(np.float64)
+
+
+def _read_tensor_file(path: str, manifest: RouterManifest, name: str) -> bytes:
+    """A tensor file's bytes, checked against the sha256 that router.json records for it."""
+    try:
+        data = storage.read_bytes(storage.join(path, name))
     except (FileNotFoundError, OSError) as err:
         raise UserError(f"{path}: unreadable bundle tensors ({err})") from None
-    if hashlib.sha256(data).hexdigest() != manifest.file_sha256.get(HEAD_FILE):
-        raise UserError(f"{path}/{HEAD_FILE}: does not match the sha256 in {MANIFEST_FILE} (changed or partly written)")
+    if hashlib.sha256(data).hexdigest() != manifest.file_sha256.get(name):
+        raise UserError(f"{path}/{name}: does not match the sha256 in {MANIFEST_FILE} (changed or partly written)")
     return data
 
 

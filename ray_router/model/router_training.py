@@ -7,7 +7,8 @@ the layer each encoder's scan selects for the target, or every layer of every en
 bundle. A share of the training split (by a salted hash of query_id) is held out as the router's own
 validation set, never trained on: the `candidates` of a config are compared there (the lowest mean
 log-loss is kept), the stack's weights and the calibration are fitted there, and evaluation chooses
-policy parameters there.
+policy parameters there. With `policy_folds`, the chosen head is fitted again on folds of the fit rows to
+predict each fit row out of fold: policy parameters are then chosen on those rows and the holdout together.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ray_router.data.routing_dataset import RoutingDataset, hash_fraction_mask
 from ray_router.errors import UserError, validation_message
@@ -28,11 +29,12 @@ from ray_router.features.feature_set import FeatureSet
 from ray_router.features.schema import column_name, feature_key
 from ray_router.features.store import FeatureStore
 from ray_router.model.bundle import RouterManifest, ValidationSummary
-from ray_router.model.calibration import cross_fitted, fit_temperatures
+from ray_router.model.calibration import calibrate, cross_fitted, fit_temperatures
 from ray_router.model.cost_model import CostModel
 from ray_router.model.knn_router import BlockKnnRouter, mean_log_loss
 from ray_router.model.layer_scan import ScanConfig, ScanResult, scan_layers
 from ray_router.model.logistic_router import LogisticRouter
+from ray_router.model.out_of_fold import fold_ids, out_of_fold_proba, rows_sha256, take_rows
 from ray_router.model.preprocessing import block_keys, block_spec
 from ray_router.model.proba_router import ProbaRouter
 from ray_router.model.scan_files import read_scan
@@ -70,11 +72,22 @@ class RouterTrainConfig(BaseModel):
     holdout_fraction: float = Field(
         0.15, ge=0, lt=1, description="Share of the training split held out for choosing policy parameters."
     )
+    policy_folds: int = Field(
+        0, ge=0, description="Fit the chosen head again this many times, each on the fit rows minus one fold, to "
+        "predict every fit row out of fold (stored in the bundle); the anchored default policy and evaluation's "
+        "policy choices then use those rows beside the holdout (0: the holdout alone).")
     scan: ScanConfig = Field(default_factory=ScanConfig)
     trainer: TrunkConfig = Field(default_factory=TrunkConfig, description="The ensemble recipe (saved in the bundle).")
     run: TrainRunConfig = Field(default_factory=TrainRunConfig, description="Where training runs (not saved).")
     default_policy: PolicyConfig | Literal["anchored"] = Field(
         default_factory=PolicyConfig, description='The bundle\'s default policy; "anchored": fitted on the holdout.')
+
+    @field_validator("policy_folds")
+    @classmethod
+    def _folds(cls, folds: int) -> int:
+        if folds == 1:
+            raise ValueError("one fold leaves nothing to fit on: use 0 (the holdout alone) or 2 or more")
+        return folds
 
     def candidate(self, override: dict) -> RouterTrainConfig:
         """This config with `override` laid over it (nested sections merged); UserError naming a bad field."""
@@ -155,7 +168,7 @@ def train_router(
     if len(configs) > 1 and not len(holdout_rows):
         raise UserError("comparing candidates needs holdout rows (holdout_fraction > 0)")
     cost_model = CostModel.fit(fit_rows)
-    holdout_split = _holdout_split(holdout_rows, cost_model)
+    holdout_split = _policy_split(holdout_rows, cost_model)
     anchor = _anchor(dataset, holdout_split) if len(holdout_rows) else None  # one for every candidate
     selections: dict = {}  # the layer scans, run once for all candidates
     fitted = []
@@ -169,20 +182,28 @@ def train_router(
         keys = list(dict.fromkeys(key for spec in specs for key in block_keys(spec)))
         model = _fit_head(candidate, specs, use_ray, feature_set.load(fit_rows.query_ids, keys), fit_rows.labels(),
                           feature_set.load(holdout_rows.query_ids, keys), holdout_rows.labels())
-        fitted.append((model, _holdout_scores(model, feature_set, holdout_rows, holdout_split, anchor)))
-    chosen = min(range(len(fitted)), key=lambda i: (fitted[i][1].get("holdout_log_loss", math.inf), i))
-    model, scores = fitted[chosen]
+        fitted.append((model, specs, _holdout_scores(model, feature_set, holdout_rows, holdout_split, anchor)))
+    chosen = min(range(len(fitted)), key=lambda i: (fitted[i][2].get("holdout_log_loss", math.inf), i))
+    model, specs, scores = fitted[chosen]
     holdout_proba = None
     if len(holdout_rows):
         holdout_proba = model.predict_proba(feature_set.load(holdout_rows.query_ids, model.required_keys))
     temperatures, calibration = _calibration(configs[chosen].calibrate, holdout_proba, holdout_rows.labels())
+    policy_proba, policy_split = _calibrated(holdout_proba, temperatures), holdout_split
+    out_of_fold = None
+    if config.policy_folds:
+        out_of_fold = _calibrated(_out_of_fold(configs[chosen], specs, use_ray, feature_set, fit_rows, holdout_rows,
+                                               model.required_keys), temperatures)
+        if policy_proba is not None:
+            policy_proba = np.vstack([policy_proba, out_of_fold])
+            policy_split = SplitData.concat([holdout_split, _policy_split(fit_rows, cost_model)])
     manifest = RouterManifest(
         data_hash=dataset.content_hash(),
         feature_schemas=feature_set.schemas,
         targets=dataset.target_names,
         temperatures=temperatures,
         cost_model=cost_model,
-        default_policy=_default_policy(configs[chosen], holdout_proba, holdout_split, dataset.target_names, anchor),
+        default_policy=_default_policy(configs[chosen], policy_proba, policy_split, dataset.target_names, anchor),
         validation=ValidationSummary(
             holdout_fraction=config.holdout_fraction,
             fit_rows=len(fit_rows),
@@ -190,12 +211,14 @@ def train_router(
             **scores,
             **_trunk_losses(model),
             **calibration,
-            candidates=[{"override": override, "chosen": i == chosen, **fitted[i][1]}
+            candidates=[{"override": override, "chosen": i == chosen, **fitted[i][2]}
                         for i, override in enumerate(config.candidates)],
+            policy_folds=config.policy_folds,
+            out_of_fold_rows=None if out_of_fold is None else rows_sha256(fit_rows.query_ids),
         ),
     )
     router = Router(manifest, model)
-    router.save(out)
+    router.save(out, out_of_fold)
     return router
 
 
@@ -221,35 +244,54 @@ def _fit_head(config: RouterTrainConfig, specs: list[str], use_ray: bool, X, Y, 
     return head.fit(X, Y, X_val, Y_val)
 
 
-def _calibration(calibrate: bool | str, holdout_proba: np.ndarray | None,
+def _out_of_fold(config: RouterTrainConfig, specs: list[str], use_ray: bool, feature_set: FeatureSet,
+                 fit_rows: RoutingDataset, holdout: RoutingDataset, keys: list[str]) -> np.ndarray:
+    """(fit rows, K) probabilities, each fold's (`config.policy_folds`, by query_id) from the head of `config`
+    fitted again on the other folds (kNN's k and the stack's weights chosen on the holdout, as for the head)."""
+    X, Y = feature_set.load(fit_rows.query_ids, keys), fit_rows.labels()
+    X_val, Y_val = feature_set.load(holdout.query_ids, keys), holdout.labels()
+
+    def fit(rows: np.ndarray) -> ProbaRouter:
+        return _fit_head(config, specs, use_ray, take_rows(X, rows), Y[rows], X_val, Y_val)
+
+    return out_of_fold_proba(fit, X, fold_ids(fit_rows.query_ids, config.policy_folds), Y.shape[1])
+
+
+def _calibrated(proba: np.ndarray | None, temperatures: list[float] | None) -> np.ndarray | None:
+    """`proba` as the router gives it: by the stored temperatures, when there are some."""
+    return proba if proba is None or temperatures is None else calibrate(proba, np.asarray(temperatures))
+
+
+def _calibration(mode: bool | str, holdout_proba: np.ndarray | None,
                  labels: np.ndarray) -> tuple[list[float] | None, dict]:
     """The per-target temperatures to store (None: no calibration), and the holdout log-loss and ECE before and
     after calibration, after meaning temperatures fitted on one half of the holdout and scored on the other."""
-    if not calibrate or holdout_proba is None:
+    if not mode or holdout_proba is None:
         return None, {}
     calibrated = cross_fitted(holdout_proba, labels)
     scores = {"calibration": {
         "log_loss_before": mean_log_loss(holdout_proba, labels), "log_loss_after": mean_log_loss(calibrated, labels),
         "ece_before": expected_calibration_error(holdout_proba, labels),
         "ece_after": expected_calibration_error(calibrated, labels)}}
-    if calibrate == "auto" and scores["calibration"]["log_loss_after"] >= scores["calibration"]["log_loss_before"]:
+    if mode == "auto" and scores["calibration"]["log_loss_after"] >= scores["calibration"]["log_loss_before"]:
         return None, scores
     return fit_temperatures(holdout_proba, labels).tolist(), scores
 
 
-def _holdout_split(holdout: RoutingDataset, cost_model: CostModel) -> SplitData:
-    """The holdout's labels, the expected cost the policy routes on and the true cost."""
-    return SplitData(holdout.labels(), cost_model.expected_cost(holdout.prompts), holdout.costs())
+def _policy_split(rows: RoutingDataset, cost_model: CostModel) -> SplitData:
+    """The rows' labels, the expected cost the policy routes on and the true cost."""
+    return SplitData(rows.labels(), cost_model.expected_cost(rows.prompts), rows.costs())
 
 
-def _default_policy(config: RouterTrainConfig, holdout_proba: np.ndarray | None, split: SplitData,
+def _default_policy(config: RouterTrainConfig, proba: np.ndarray | None, split: SplitData,
                     target_names: list[str], anchor: str | None) -> PolicyConfig:
-    """The config's default policy; "anchored" is fitted on the router's holdout probabilities."""
+    """The config's default policy; "anchored" is fitted on the router's probabilities of `split` (the holdout,
+    and the fit rows out of fold with policy folds)."""
     if config.default_policy != "anchored":
         return config.default_policy
-    if holdout_proba is None:
+    if proba is None:
         raise UserError("an anchored default policy is fitted on holdout rows (holdout_fraction > 0)")
-    return fit_anchored(holdout_proba, split.labels, split.evaluation_cost(), target_names, anchor=anchor)
+    return fit_anchored(proba, split.labels, split.evaluation_cost(), target_names, anchor=anchor)
 
 
 def _anchor(dataset: RoutingDataset, holdout: SplitData) -> str:

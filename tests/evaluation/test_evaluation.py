@@ -260,3 +260,22 @@ def test_the_first_router_is_compared_with_each_other_on_the_same_resamples():
     assert versus_noise.mean_auc.ci_low > 0 and versus_noise.aiq.ci_low > 0
     assert versus_same.mean_auc.difference == versus_same.mean_auc.ci_low == versus_same.aiq.ci_high == 0.0
     assert "Paired differences" in markdown_report(results)
+
+
+def test_given_validation_probabilities_are_used_instead_of_predicting_and_splits_concatenate():
+    # out-of-fold rows: probabilities some copy of the router gave; evaluate must choose on them, not predict
+    rng = np.random.default_rng(3)
+    labels = (rng.random((40, 3)) < 0.6).astype(float)
+    holdout, fit_rows = SplitData(labels[:10], COST, np.tile(COST, (10, 1))), SplitData(labels[10:], COST)
+    validation = SplitData.concat([holdout, fit_rows])
+    assert validation.labels.shape == (40, 3) and np.isnan(validation.true_cost[10:]).all()
+    np.testing.assert_array_equal(validation.evaluation_cost(), np.tile(COST, (40, 1)))
+    perfect = labels * 0.8 + 0.1  # validation probabilities that know the labels
+    never_read = np.full((10, 3), 0.5)
+    results = evaluate([RouterInput("oof", GivenProba(), rng.random((12, 3)), never_read, perfect)], NAMES,
+                       SplitData(labels[:12], COST), validation, n_boot=10)
+    assert results.data.n_val == 40
+    assert results.routers[0].val_curve.accuracy[0] == pytest.approx(np.mean(labels.max(axis=1)))  # the oracle
+    with pytest.raises(ValueError, match="proba_val must be"):
+        evaluate([RouterInput("short", GivenProba(), rng.random((12, 3)), None, perfect[:10])], NAMES,
+                 SplitData(labels[:12], COST), validation, n_boot=10)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from pydantic import ValidationError
 
 from ray_router.cli import main
 from ray_router.data.routing_dataset import RoutingDataset
@@ -12,11 +13,13 @@ from ray_router.errors import UserError
 from ray_router.evaluation.evaluation import RouterInput, SplitData, evaluate
 from ray_router.features.feature_set import FeatureSet
 from ray_router.features.store import FeatureStore
+from ray_router.model.bundle import read_out_of_fold
 from ray_router.model.router_training import (
     RouterTrainConfig,
     split_for_training,
     train_router,
 )
+from ray_router.policy.policies import fit_anchored
 from ray_router.router import Router
 
 pytestmark = pytest.mark.ray
@@ -225,3 +228,48 @@ def test_a_baseline_the_data_cannot_support_is_skipped_and_said_so(bundle, small
     metrics = json.loads((out / "metrics.json").read_text())
     assert [r["name"] for r in metrics["routers"]] == ["prefill router"]
     assert any("task-label baseline was skipped" in note for note in metrics["notes"])
+
+
+def test_policy_folds_predict_the_fit_rows_out_of_fold_and_evaluate_chooses_on_them(bundle, small_routerbench,
+                                                                                    small_features, tmp_path):
+    config = RouterTrainConfig.model_validate({**FAST, "head": "logistic", "policy_folds": 3,
+                                               "default_policy": "anchored"})
+    trained = train_router(str(small_routerbench), str(small_features), str(tmp_path / "b"), config=config,
+                           use_ray=False)
+    dataset = RoutingDataset.read(small_routerbench)
+    fit_rows, holdout = split_for_training(dataset, config.holdout_fraction)
+    features = FeatureSet.open(str(small_features))
+    out_of_fold = read_out_of_fold(tmp_path / "b", Router.load(tmp_path / "b").manifest)
+    assert out_of_fold.shape == (len(fit_rows), len(trained.targets))
+    assert trained.manifest.validation.policy_folds == 3
+    # each fit row predicted by a copy that never saw it: worse there than the head that trained on them all
+    in_sample = trained.predict_proba(features.load(fit_rows.query_ids, trained.required_keys))
+    assert _log_loss(out_of_fold, fit_rows.labels()) > _log_loss(in_sample, fit_rows.labels()) + 0.005
+    # the default policy is fitted on the holdout and those rows together
+    holdout_proba = trained.predict_proba(features.load(holdout.query_ids, trained.required_keys))
+    rows = SplitData.concat([SplitData(r.labels(), trained.expected_cost(r.prompts), r.costs())
+                             for r in (holdout, fit_rows)])
+    assert trained.default_policy == fit_anchored(np.vstack([holdout_proba, out_of_fold]), rows.labels,
+                                                  rows.evaluation_cost(), trained.targets,
+                                                  anchor=trained.default_policy.anchor)
+    # evaluate chooses on them too, for the bundle and the baselines; a compared bundle without them is refused
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["evaluate", "--bundle", str(tmp_path / "b"), "--data", str(small_routerbench),
+                                       "--features", str(small_features), "--out", str(out), "--local", "--policy",
+                                       "anchored", "--baselines", "task-label", "--compare", f"again={tmp_path / 'b'}"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["n_val"] == len(fit_rows) + len(holdout)
+    assert [r["name"] for r in metrics["routers"]] == ["prefill router", "again", "task-label (reference)"]
+    assert metrics["routers"][0]["swept_policy"] == trained.default_policy.model_dump(mode="json")
+    assert any("predicted out of fold" in note for note in metrics["notes"])
+    refused = CliRunner().invoke(main, ["evaluate", "--bundle", str(tmp_path / "b"), "--data", str(small_routerbench),
+                                        "--features", str(small_features), "--out", str(tmp_path / "r2"), "--local",
+                                        "--baselines", "none", "--compare", f"plain={bundle}"])
+    assert refused.exit_code == 2 and "plain: no out-of-fold rows" in refused.output
+    stored = tmp_path / "b" / "out_of_fold.safetensors"
+    stored.write_bytes(stored.read_bytes()[:-8] + bytes(8))
+    with pytest.raises(UserError, match="does not match the sha256"):
+        read_out_of_fold(tmp_path / "b", trained.manifest)
+    with pytest.raises(ValidationError, match="one fold"):
+        RouterTrainConfig.model_validate({"policy_folds": 1})
