@@ -29,6 +29,7 @@ from ray_router.model.router_training import RouterTrainConfig, _fit_head, split
 from ray_router.policy.policies import default_sweep_values, fit_anchored, sweep
 from ray_router.router import Router
 
+
 def chosen_config(bundle: Router, config_path: str) -> RouterTrainConfig:
     """The search config with the bundle's chosen candidate laid over it."""
     config = RouterTrainConfig.from_yaml(config_path)
