@@ -54,14 +54,17 @@ def output_tokens_column(target: str) -> str:
     return f"output_tokens:{target}"
 
 
+def query_hashes(query_ids: Sequence[str], salt: str = "") -> list[int]:
+    """Per query, the first 8 bytes of sha256(salt + query_id) as an integer in [0, 2^64): the same on every
+    machine and run, whatever the row order (what splits, holdouts and folds are drawn from)."""
+    return [int.from_bytes(hashlib.sha256((salt + str(q)).encode()).digest()[:8], "big") for q in query_ids]
+
+
 def hash_fraction_mask(query_ids: Sequence[str], fraction: float, salt: str = "") -> np.ndarray:
-    """(n,) bool: True where the first 8 bytes of sha256(salt + query_id) fall below fraction x 2^64,
-    so about `fraction` of the ids, the same ones on every machine and run, whatever the row order."""
+    """(n,) bool: True where the query's hash (`query_hashes`) falls below fraction x 2^64, so about `fraction`
+    of the ids, the same ones on every machine and run, whatever the row order."""
     threshold = fraction * 2.0**64
-    return np.array(
-        [int.from_bytes(hashlib.sha256((salt + str(q)).encode()).digest()[:8], "big") < threshold for q in query_ids],
-        dtype=bool,
-    )
+    return np.array([h < threshold for h in query_hashes(query_ids, salt)], dtype=bool)
 
 
 def deterministic_split(query_ids: Sequence[str], test_fraction: float = 0.15) -> np.ndarray:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ray_router.data.routing_dataset import query_hashes
 from ray_router.errors import UserError
 from ray_router.model.proba_router import ProbaRouter
 
@@ -20,9 +21,8 @@ FOLD_SALT = "ray-router-fold:"
 
 
 def fold_ids(query_ids: Sequence[str], folds: int) -> np.ndarray:
-    """(n,) fold of each query in [0, folds): the first 8 bytes of sha256(FOLD_SALT + query_id) modulo folds."""
-    return np.array([int.from_bytes(hashlib.sha256((FOLD_SALT + str(q)).encode()).digest()[:8], "big") % folds
-                     for q in query_ids], dtype=np.int64)
+    """(n,) fold of each query in [0, folds): its hash (`query_hashes` with FOLD_SALT) modulo folds."""
+    return np.array([h % folds for h in query_hashes(query_ids, FOLD_SALT)], dtype=np.int64)
 
 
 def rows_sha256(query_ids: Sequence[str]) -> str:
