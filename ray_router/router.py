@@ -22,7 +22,7 @@ from ray_router.errors import UserError
 from ray_router.features.feature_encoder import FeatureEncoder
 from ray_router.features.prefill_encoder import resolve_schema
 from ray_router.features.schema import EncoderConfig, Features, FeatureSchema
-from ray_router.model.bundle import RouterManifest, read_bundle, write_bundle
+from ray_router.model.bundle import RouterManifest, read_bundle, read_out_of_fold, write_bundle
 from ray_router.model.calibration import calibrate
 from ray_router.model.proba_router import ProbaRouter
 from ray_router.policy.config import PolicyConfig, merge_policy
@@ -61,15 +61,21 @@ class Router:
         self.manifest = manifest
         self.model = model
         self._encoder: FeatureEncoder | None = None
+        self._loaded_from: str | os.PathLike | None = None  # the bundle folder, whose out-of-fold file save() keeps
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Router:
         """Load and check a bundle folder (local path or URI); UserError naming the problem when it is not one."""
-        return cls(*read_bundle(path))
+        router = cls(*read_bundle(path))
+        router._loaded_from = path
+        return router
 
     def save(self, path: str | os.PathLike, out_of_fold: np.ndarray | None = None) -> None:
         """Write the bundle folder (local path or URI): each file atomically, router.json last; `out_of_fold`:
-        the fit rows' out-of-fold probabilities, for evaluation (training writes them)."""
+        the fit rows' out-of-fold probabilities, for evaluation (training writes them; a loaded router keeps
+        its bundle's)."""
+        if out_of_fold is None and self._loaded_from is not None:
+            out_of_fold = read_out_of_fold(self._loaded_from, self.manifest)
         self.manifest = write_bundle(path, self.manifest, self.model, out_of_fold)
 
     def __getstate__(self) -> dict:

@@ -16,7 +16,7 @@ from ray_router.evaluation.job import BASELINES
               help="Comma-separated: knn, semantic-trunk, task-label, all or none.")
 @click.option("--semantic-features", default=None,
               help="Feature folder for all-MiniLM-L6-v2 embeddings (default OUT/semantic_features; extracted if missing).")
-@click.option("--policy", type=click.Choice(["tolerance", "utility", "anchored"]), default="tolerance",
+@click.option("--policy", type=click.Choice(["tolerance", "utility", "anchored"]), default="anchored",
               show_default=True, help="The policy whose parameter is swept for the cost-accuracy curves "
               "(anchored: anchor and margin fitted on each router's validation rows, then lambda swept).")
 @click.option("--compare", multiple=True, metavar="NAME=BUNDLE",

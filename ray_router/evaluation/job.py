@@ -62,7 +62,7 @@ def run_evaluation(
     *,
     baselines: tuple[str, ...] = BASELINES,
     semantic_features: str | None = None,
-    policy_kind: str = "tolerance",
+    policy_kind: str = "anchored",
     compare: dict[str, str] | None = None,
     use_ray: bool = True,
 ) -> EvaluationResults:

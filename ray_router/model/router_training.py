@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ray_router.data.routing_dataset import RoutingDataset, hash_fraction_mask
 from ray_router.errors import UserError, validation_message
@@ -73,14 +73,15 @@ class RouterTrainConfig(BaseModel):
         0.15, ge=0, lt=1, description="Share of the training split held out for choosing policy parameters."
     )
     policy_folds: int = Field(
-        0, ge=0, description="Fit the chosen head again this many times, each on the fit rows minus one fold, to "
+        5, ge=0, description="Fit the chosen head again this many times, each on the fit rows minus one fold, to "
         "predict every fit row out of fold (stored in the bundle); the anchored default policy and evaluation's "
-        "policy choices then use those rows beside the holdout (0: the holdout alone).")
+        "policy choices then use those rows beside the holdout (0: the holdout alone, K fewer fits).")
     scan: ScanConfig = Field(default_factory=ScanConfig)
     trainer: TrunkConfig = Field(default_factory=TrunkConfig, description="The ensemble recipe (saved in the bundle).")
     run: TrainRunConfig = Field(default_factory=TrainRunConfig, description="Where training runs (not saved).")
     default_policy: PolicyConfig | Literal["anchored"] = Field(
-        default_factory=PolicyConfig, description='The bundle\'s default policy; "anchored": fitted on the holdout.')
+        "anchored", description='The bundle\'s default policy; "anchored": the anchored policy at lam = 0, its '
+        "margin fitted on the validation rows (the holdout, and the fit rows out of fold with policy_folds).")
 
     @field_validator("policy_folds")
     @classmethod
@@ -88,6 +89,13 @@ class RouterTrainConfig(BaseModel):
         if folds == 1:
             raise ValueError("one fold leaves nothing to fit on: use 0 (the holdout alone) or 2 or more")
         return folds
+
+    @model_validator(mode="after")
+    def _anchored_needs_a_holdout(self) -> RouterTrainConfig:
+        if self.default_policy == "anchored" and self.holdout_fraction == 0:
+            raise ValueError("the anchored default policy is fitted on holdout rows: keep holdout_fraction > 0, or "
+                             "set default_policy to a fixed policy (e.g. {kind: tolerance, tau: 0.2})")
+        return self
 
     def candidate(self, override: dict) -> RouterTrainConfig:
         """This config with `override` laid over it (nested sections merged); UserError naming a bad field."""
@@ -167,6 +175,10 @@ def train_router(
     configs = [config.candidate(override) for override in config.candidates] or [config]
     if len(configs) > 1 and not len(holdout_rows):
         raise UserError("comparing candidates needs holdout rows (holdout_fraction > 0)")
+    if config.default_policy == "anchored" and not len(holdout_rows):
+        raise UserError(f"the anchored default policy is fitted on holdout rows, and holdout_fraction "
+                        f"{config.holdout_fraction} holds out none of the {len(fit_rows)} training rows: raise it, "
+                        "or set default_policy to a fixed policy")
     cost_model = CostModel.fit(fit_rows)
     holdout_split = _policy_split(holdout_rows, cost_model)
     anchor = _anchor(dataset, holdout_split) if len(holdout_rows) else None  # one for every candidate
@@ -289,8 +301,6 @@ def _default_policy(config: RouterTrainConfig, proba: np.ndarray | None, split: 
     and the fit rows out of fold with policy folds)."""
     if config.default_policy != "anchored":
         return config.default_policy
-    if proba is None:
-        raise UserError("an anchored default policy is fitted on holdout rows (holdout_fraction > 0)")
     return fit_anchored(proba, split.labels, split.evaluation_cost(), target_names, anchor=anchor)
 
 

@@ -118,14 +118,15 @@ def test_truncated_weights_file_is_refused(bundle, tmp_path):
         Router.load(copy)
 
 
-def test_bundle_saves_and_loads_through_a_uri(bundle, tmp_path):
+def test_bundle_saves_and_loads_through_a_uri_keeping_its_out_of_fold_rows(bundle, tmp_path):
     router = Router.load(bundle)
     uri = f"file://{tmp_path}/uri-bundle"
     router.save(uri)
     again = Router.load(uri)
     assert again.manifest == router.manifest
     assert sorted(p.name for p in (tmp_path / "uri-bundle").iterdir()) == [
-        "head.safetensors", "router.json"]
+        "head.safetensors", "out_of_fold.safetensors", "router.json"]
+    np.testing.assert_array_equal(read_out_of_fold(uri, again.manifest), read_out_of_fold(bundle, router.manifest))
 
 
 def test_bad_train_config_is_one_line_error(small_routerbench, small_features, tmp_path):
@@ -178,8 +179,7 @@ def test_router_json_holds_no_machine_path(small_routerbench, small_features, tm
 
 def test_candidates_are_compared_on_the_holdout_and_every_head_round_trips(small_routerbench, small_features,
                                                                          tmp_path):
-    config = RouterTrainConfig.model_validate({**FAST, "blocks": "all-layers", "calibrate": True,
-                                               "default_policy": "anchored", "candidates": [
+    config = RouterTrainConfig.model_validate({**FAST, "blocks": "all-layers", "calibrate": True, "candidates": [
         {"head": "logistic"}, {"head": "knn"}, {"head": "stack"}, {"head": "trunk", "unique_inputs": True}]})
     trained = train_router(str(small_routerbench), str(small_features), str(tmp_path / "b"), config=config,
                            use_ray=False)
@@ -232,8 +232,7 @@ def test_a_baseline_the_data_cannot_support_is_skipped_and_said_so(bundle, small
 
 def test_policy_folds_predict_the_fit_rows_out_of_fold_and_evaluate_chooses_on_them(bundle, small_routerbench,
                                                                                     small_features, tmp_path):
-    config = RouterTrainConfig.model_validate({**FAST, "head": "logistic", "policy_folds": 3,
-                                               "default_policy": "anchored"})
+    config = RouterTrainConfig.model_validate({**FAST, "head": "logistic", "policy_folds": 3})
     trained = train_router(str(small_routerbench), str(small_features), str(tmp_path / "b"), config=config,
                            use_ray=False)
     dataset = RoutingDataset.read(small_routerbench)
@@ -263,9 +262,11 @@ def test_policy_folds_predict_the_fit_rows_out_of_fold_and_evaluate_chooses_on_t
     assert [r["name"] for r in metrics["routers"]] == ["prefill router", "again", "task-label (reference)"]
     assert metrics["routers"][0]["swept_policy"] == trained.default_policy.model_dump(mode="json")
     assert any("predicted out of fold" in note for note in metrics["notes"])
+    train_router(str(small_routerbench), str(small_features), str(tmp_path / "plain"), use_ray=False,
+                 config=RouterTrainConfig.model_validate({**FAST, "head": "logistic", "policy_folds": 0}))
     refused = CliRunner().invoke(main, ["evaluate", "--bundle", str(tmp_path / "b"), "--data", str(small_routerbench),
                                         "--features", str(small_features), "--out", str(tmp_path / "r2"), "--local",
-                                        "--baselines", "none", "--compare", f"plain={bundle}"])
+                                        "--baselines", "none", "--compare", f"plain={tmp_path / 'plain'}"])
     assert refused.exit_code == 2 and "plain: no out-of-fold rows" in refused.output
     stored = tmp_path / "b" / "out_of_fold.safetensors"
     stored.write_bytes(stored.read_bytes()[:-8] + bytes(8))
@@ -273,3 +274,12 @@ def test_policy_folds_predict_the_fit_rows_out_of_fold_and_evaluate_chooses_on_t
         read_out_of_fold(tmp_path / "b", trained.manifest)
     with pytest.raises(ValidationError, match="one fold"):
         RouterTrainConfig.model_validate({"policy_folds": 1})
+
+
+def test_the_defaults_are_the_anchored_policy_on_out_of_fold_rows_and_need_a_holdout():
+    config = RouterTrainConfig()
+    assert (config.default_policy, config.policy_folds) == ("anchored", 5)
+    with pytest.raises(ValidationError, match="anchored default policy is fitted on holdout rows"):
+        RouterTrainConfig.model_validate({"holdout_fraction": 0})
+    fixed = RouterTrainConfig.model_validate({"holdout_fraction": 0, "default_policy": {"kind": "tolerance"}})
+    assert fixed.default_policy.kind == "tolerance"
