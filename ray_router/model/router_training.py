@@ -194,12 +194,11 @@ def train_router(
         keys = list(dict.fromkeys(key for spec in specs for key in block_keys(spec)))
         model = _fit_head(candidate, specs, use_ray, feature_set.load(fit_rows.query_ids, keys), fit_rows.labels(),
                           feature_set.load(holdout_rows.query_ids, keys), holdout_rows.labels())
-        fitted.append((model, specs, _holdout_scores(model, feature_set, holdout_rows, holdout_split, anchor)))
-    chosen = min(range(len(fitted)), key=lambda i: (fitted[i][2].get("holdout_log_loss", math.inf), i))
-    model, specs, scores = fitted[chosen]
-    holdout_proba = None
-    if len(holdout_rows):
-        holdout_proba = model.predict_proba(feature_set.load(holdout_rows.query_ids, model.required_keys))
+        proba = (model.predict_proba(feature_set.load(holdout_rows.query_ids, model.required_keys))
+                 if len(holdout_rows) else None)
+        fitted.append((model, specs, proba, _holdout_scores(proba, holdout_rows, holdout_split, anchor)))
+    chosen = min(range(len(fitted)), key=lambda i: (fitted[i][3].get("holdout_log_loss", math.inf), i))
+    model, specs, holdout_proba, scores = fitted[chosen]
     temperatures, calibration = _calibration(configs[chosen].calibrate, holdout_proba, holdout_rows.labels())
     policy_proba, policy_split = _calibrated(holdout_proba, temperatures), holdout_split
     out_of_fold = None
@@ -223,7 +222,7 @@ def train_router(
             **scores,
             **_trunk_losses(model),
             **calibration,
-            candidates=[{"override": override, "chosen": i == chosen, **fitted[i][2]}
+            candidates=[{"override": override, "chosen": i == chosen, **fitted[i][3]}
                         for i, override in enumerate(config.candidates)],
             policy_folds=config.policy_folds,
             out_of_fold_rows=None if out_of_fold is None else rows_sha256(fit_rows.query_ids),
@@ -356,13 +355,11 @@ def target_blocks(dataset: RoutingDataset, feature_set: FeatureSet, scan: str | 
             for t in dataset.target_names}
 
 
-def _holdout_scores(model: ProbaRouter, feature_set: FeatureSet, holdout: RoutingDataset, split: SplitData,
-                    anchor: str | None) -> dict:
-    """The router's per-target ROC-AUC on its holdout rows (None where undefined), their mean, the mean
-    log-loss and the routing AIQ; empty without holdout rows."""
-    if not len(holdout):
+def _holdout_scores(proba: np.ndarray | None, holdout: RoutingDataset, split: SplitData, anchor: str | None) -> dict:
+    """The per-target ROC-AUC of the router's probabilities `proba` on its holdout rows (None where undefined),
+    their mean, the mean log-loss and the routing AIQ; empty without holdout rows."""
+    if proba is None:
         return {}
-    proba = model.predict_proba(feature_set.load(holdout.query_ids, model.required_keys))
     auc = roc_auc_per_target(proba, holdout.labels())
     return {"holdout_auc": [None if np.isnan(a) else float(a) for a in auc],
             "holdout_mean_auc": float(np.nanmean(auc)) if np.isfinite(auc).any() else None,
