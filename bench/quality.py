@@ -13,7 +13,8 @@ again on POLICY_FOLDS folds of the fit rows, whose out-of-fold predictions join 
 policy is chosen on (evaluate does the same for the baselines). The encoders are a
 lever too: the search on every encoder and on the first alone, and the one with the lower holdout log-loss is
 the router (the other is its encoder row). Each ABLATION row is the same training on the chosen encoders with
-one lever switched off. One `evaluate` scores them all on the same test split, with the
+one lever switched off; where the full router's search kept no candidate or calibration that the row removes,
+the row is the full router's bundle itself (training it again gives the same bytes). One `evaluate` scores them all on the same test split, with the
 anchored policy (anchor and margin fitted on each router's validation rows, lambda swept), beside the semantic
 baselines; the full router evaluated again with the tolerance and the utility policy are the policy's ablation
 rows. The test split is read only by these evaluations; every row also has its AIQ on validation, what a
@@ -130,7 +131,12 @@ def main() -> None:
             main_bundle, ablations["all encoders"], use = one, main_bundle, 1
         else:
             ablations["one encoder"] = one
-    ablations |= {name: train(name if use == len(encoders) else f"{name} one encoder", override, use)
+    same_as_full = [name for name, override in ABLATION.items() if repeats_full(override, main_bundle)]
+    for name in same_as_full:
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: the full router's bundle (its search kept no candidate or "
+              "calibration that this row removes)", flush=True)
+    ablations |= {name: main_bundle if name in same_as_full else
+                  train(name if use == len(encoders) else f"{name} one encoder", override, use)
                   for name, override in ABLATION.items()}
     report = str(work / "report")
     feature_options = [x for f in features for x in ("--features", f)]
@@ -148,7 +154,7 @@ def main() -> None:
         "sample": args.sample, "step_seconds": steps, "reused_steps": reused, "paper": PAPER,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **figures(Path(report) / "metrics.json", policy_reports),
-        "encoders_chosen": encoders[:use],
+        "encoders_chosen": encoders[:use], "ablations_same_as_full": same_as_full,
         "chosen": json.loads((Path(main_bundle) / "router.json").read_text())["validation"],
     }
     out = Path(args.out or f"bench/results/quality-{args.dataset}.json")
@@ -169,6 +175,17 @@ def step_fingerprint(command: tuple[str, ...], inputs: tuple[str, ...]) -> str:
         for file in sorted(path for path in root.rglob("*") if path.is_file() and path.name != "manifest.json"):
             digest.update(f"{file}:{file.stat().st_size}:{file.stat().st_mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+def repeats_full(override: dict, full_bundle: str) -> bool:
+    """Whether training with the ablation `override` would give the full router's bundle again, byte for byte:
+    its search still holds the candidate the full router kept (removing candidates that lost leaves the same
+    winner, training being deterministic) and, turning calibration off, the full router kept none."""
+    manifest = json.loads((Path(full_bundle) / "router.json").read_text())
+    kept = next((c["override"] for c in manifest["validation"]["candidates"] if c["chosen"]), {})
+    keeps_candidate = kept in override.get("candidates", SEARCH)
+    keeps_calibration = override.get("calibrate", True) is not False or manifest["temperatures"] is None
+    return set(override) <= {"candidates", "calibrate"} and keeps_candidate and keeps_calibration
 
 
 def _holdout_log_loss(bundle: str) -> float:
