@@ -12,18 +12,18 @@ log-loss is kept; calibration is kept when it lowers the holdout log-loss (cross
 again on POLICY_FOLDS folds of the fit rows, whose out-of-fold predictions join the holdout as the rows the
 policy is chosen on (evaluate does the same for the baselines). The encoders are a
 lever too: the search on every encoder and on the first alone, and the one with the lower holdout log-loss is
-the router (the other is its encoder row). Each ABLATION row is the same training on the chosen encoders with
-one lever switched off; where the full router's search kept no candidate or calibration that the row removes,
-the row is the full router's bundle itself (training it again gives the same bytes). One `evaluate` scores them all on the same test split, with the
-anchored policy (anchor and margin fitted on each router's validation rows, lambda swept), beside the semantic
-baselines; the full router evaluated again with the tolerance and the utility policy are the policy's ablation
-rows. The test split is read only by these evaluations; every row also has its AIQ on validation, what a
-choice between rows can be made on. `--sample N` uses a deterministic sample of N queries (the whole test split, then
-the training queries with the smallest sha256(query_id)).
+the router (the other is its encoder row). Each ABLATION row is the same training on the chosen encoders with one
+lever switched off; where the full router's search kept no candidate or calibration that the row removes, the row
+is the full router's bundle itself (training it again gives the same head and out-of-fold rows). One `evaluate`
+scores them all on the same test split, with the anchored policy (anchor and margin fitted on each router's
+validation rows, lambda swept), beside the semantic baselines; the full router evaluated again with the tolerance
+and the utility policy are the policy's ablation rows. The test split is read only by these evaluations; every row
+also has its AIQ on validation, what a choice between rows can be made on. `--sample N` uses a deterministic sample
+of N queries (the whole test split, then the training queries with the smallest sha256(query_id)).
 
-The result JSON holds per router: mean AUC, AIQ (test and validation), accuracy at the best-accuracy point (Δ vs the best single
-target with its bootstrap CI, gap closed), cost savings at the point matching the best single target, ECE, and
-the paired differences of mean AUC and AIQ with the best semantic baseline. See bench/README.md.
+The result JSON holds per router: mean AUC, AIQ (test and validation), accuracy at the best-accuracy point (Δ vs
+the best single target with its bootstrap CI, gap closed), cost savings at the point matching the best single
+target, ECE, and the paired differences of mean AUC and AIQ with the best semantic baseline. See bench/README.md.
 """
 
 import argparse
@@ -178,7 +178,7 @@ def step_fingerprint(command: tuple[str, ...], inputs: tuple[str, ...]) -> str:
 
 
 def repeats_full(override: dict, full_bundle: str) -> bool:
-    """Whether training with the ablation `override` would give the full router's bundle again, byte for byte:
+    """Whether training with the ablation `override` would give the full router's head and out-of-fold rows again:
     its search still holds the candidate the full router kept (removing candidates that lost leaves the same
     winner, training being deterministic) and, turning calibration off, the full router kept none."""
     manifest = json.loads((Path(full_bundle) / "router.json").read_text())
@@ -259,7 +259,8 @@ def _sample(full: Path, n: int, out: Path) -> Path:
 
         dataset = RoutingDataset.read(full)
         test = list(dataset.select(split="test").query_ids)
-        train = sorted(dataset.select(split="train").query_ids, key=lambda q: hashlib.sha256(str(q).encode()).hexdigest())
+        train = sorted(dataset.select(split="train").query_ids,
+                       key=lambda q: hashlib.sha256(str(q).encode()).hexdigest())
         if n < len(test):
             sys.exit(f"--sample {n} is smaller than the test split ({len(test)} queries)")
         dataset.select(query_ids=test + train[: n - len(test)]).write(out)
