@@ -192,10 +192,10 @@ def train_router(
         specs = [chosen_blocks[t] for t in dataset.target_names]
         _check_blocks(specs, feature_set)
         keys = list(dict.fromkeys(key for spec in specs for key in block_keys(spec)))
+        holdout_features = feature_set.load(holdout_rows.query_ids, keys)
         model = _fit_head(candidate, specs, use_ray, feature_set.load(fit_rows.query_ids, keys), fit_rows.labels(),
-                          feature_set.load(holdout_rows.query_ids, keys), holdout_rows.labels())
-        proba = (model.predict_proba(feature_set.load(holdout_rows.query_ids, model.required_keys))
-                 if len(holdout_rows) else None)
+                          holdout_features, holdout_rows.labels())
+        proba = model.predict_proba(holdout_features) if len(holdout_rows) else None
         fitted.append((model, specs, proba, _holdout_scores(proba, holdout_rows, holdout_split, anchor)))
     chosen = min(range(len(fitted)), key=lambda i: (fitted[i][3].get("holdout_log_loss", math.inf), i))
     model, specs, holdout_proba, scores = fitted[chosen]
