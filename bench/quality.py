@@ -131,7 +131,8 @@ def main() -> None:
             main_bundle, ablations["all encoders"], use = one, main_bundle, 1
         else:
             ablations["one encoder"] = one
-    same_as_full = [name for name, override in ABLATION.items() if repeats_full(override, main_bundle)]
+    full_manifest = _manifest(main_bundle)
+    same_as_full = [name for name, override in ABLATION.items() if repeats_full(override, full_manifest)]
     for name in same_as_full:
         print(f"[{time.strftime('%H:%M:%S')}] {name}: the full router's bundle (its search kept no candidate or "
               "calibration that this row removes)", flush=True)
@@ -155,7 +156,7 @@ def main() -> None:
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **figures(Path(report) / "metrics.json", policy_reports),
         "encoders_chosen": encoders[:use], "ablations_same_as_full": same_as_full,
-        "chosen": json.loads((Path(main_bundle) / "router.json").read_text())["validation"],
+        "chosen": _manifest(main_bundle)["validation"],
     }
     out = Path(args.out or f"bench/results/quality-{args.dataset}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -177,19 +178,23 @@ def step_fingerprint(command: tuple[str, ...], inputs: tuple[str, ...]) -> str:
     return digest.hexdigest()
 
 
-def repeats_full(override: dict, full_bundle: str) -> bool:
-    """Whether training with the ablation `override` would give the full router's head and out-of-fold rows again:
-    its search still holds the candidate the full router kept (removing candidates that lost leaves the same
-    winner, training being deterministic) and, turning calibration off, the full router kept none."""
-    manifest = json.loads((Path(full_bundle) / "router.json").read_text())
+def repeats_full(override: dict, manifest: dict) -> bool:
+    """Whether training with the ablation `override` would give the head and out-of-fold rows of the full router
+    (its router.json `manifest`) again: its search still holds the candidate the full router kept (removing
+    candidates that lost leaves the same winner, training being deterministic) and, turning calibration off, the
+    full router kept none."""
     kept = next((c["override"] for c in manifest["validation"]["candidates"] if c["chosen"]), {})
     keeps_candidate = kept in override.get("candidates", SEARCH)
     keeps_calibration = override.get("calibrate", True) is not False or manifest["temperatures"] is None
     return set(override) <= {"candidates", "calibrate"} and keeps_candidate and keeps_calibration
 
 
+def _manifest(bundle: str) -> dict:
+    return json.loads((Path(bundle) / "router.json").read_text())
+
+
 def _holdout_log_loss(bundle: str) -> float:
-    return json.loads((Path(bundle) / "router.json").read_text())["validation"]["holdout_log_loss"]
+    return _manifest(bundle)["validation"]["holdout_log_loss"]
 
 
 def figures(metrics_file: Path, policy_reports: dict[str, Path]) -> dict:
