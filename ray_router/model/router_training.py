@@ -62,6 +62,10 @@ class RouterTrainConfig(BaseModel):
     head: Literal["trunk", "logistic", "knn", "stack"] = Field(
         "trunk", description="SharedTrunkNet, per-target logistic regression, kNN on the blocks, or a stack of "
         "SharedTrunkNet and kNN with per-target weights fitted on the holdout.")
+    knn_encoder: str | None = Field(
+        None, description="For the knn and stack heads: the encoder (the prefix of its feature keys, e.g. "
+        "minilm-l6) whose features in the targets' blocks the kNN reads, the stack's trunk reading the rest; none: "
+        "the kNN reads every feature the blocks read.")
     logistic_c: float = Field(0.01, gt=0, description="Inverse L2 strength of the logistic head.")
     calibrate: bool | Literal["auto"] = Field(
         "auto", description="Fit per-target temperatures on the holdout (stored in the bundle); auto: only when "
@@ -89,6 +93,12 @@ class RouterTrainConfig(BaseModel):
         if folds == 1:
             raise ValueError("one fold leaves nothing to fit on: use 0 (the holdout alone) or 2 or more")
         return folds
+
+    @model_validator(mode="after")
+    def _knn_encoder_needs_a_knn(self) -> RouterTrainConfig:
+        if self.knn_encoder is not None and self.head not in ("knn", "stack"):
+            raise ValueError(f"knn_encoder is for the knn and stack heads, not {self.head!r}")
+        return self
 
     @model_validator(mode="after")
     def _anchored_needs_a_holdout(self) -> RouterTrainConfig:
@@ -237,13 +247,14 @@ def _fit_head(config: RouterTrainConfig, specs: list[str], use_ray: bool, X, Y, 
     """The head of `config` on the targets' blocks, fitted on (X, Y); kNN (alone or stacked) chooses its k,
     and the stack its weights, on the holdout (X_val, Y_val)."""
 
+    knn_keys, trunk_specs = _knn_split(specs, config.knn_encoder, config.head)
+
     def trunk() -> SharedTrunkRouter:
-        return SharedTrunkRouter(specs, config.pca_k, config.trainer, config.run, use_ray=use_ray,
+        return SharedTrunkRouter(trunk_specs, config.pca_k, config.trainer, config.run, use_ray=use_ray,
                                  unique_inputs=config.unique_inputs)
 
-    def knn() -> BlockKnnRouter:  # one neighbour space: every feature the targets' blocks read
-        return BlockKnnRouter(block_spec(dict.fromkeys(key for spec in specs for key in block_keys(spec))),
-                              pca_k=config.pca_k)
+    def knn() -> BlockKnnRouter:  # one neighbour space: every feature it reads
+        return BlockKnnRouter(block_spec(knn_keys), pca_k=config.pca_k)
 
     if config.head == "trunk":
         return trunk().fit(X, Y)
@@ -253,6 +264,25 @@ def _fit_head(config: RouterTrainConfig, specs: list[str], use_ray: bool, X, Y, 
         raise UserError(f"the {config.head} head chooses its parameters on holdout rows (holdout_fraction > 0)")
     head = knn() if config.head == "knn" else StackRouter([trunk(), knn()])
     return head.fit(X, Y, X_val, Y_val)
+
+
+def _knn_split(specs: list[str], encoder: str | None, head: str) -> tuple[list[str], list[str]]:
+    """The features the kNN reads (every one the blocks `specs` read, or `encoder`'s alone) and the blocks the
+    other heads read (`specs`, or each without `encoder`'s features); UserError when the blocks read none of
+    `encoder`'s features, or a stack's trunk would read nothing for some target."""
+    keys = list(dict.fromkeys(key for spec in specs for key in block_keys(spec)))
+    if encoder is None:
+        return keys, specs
+    mine = [key for key in keys if key.startswith(f"{encoder}/")]
+    if not mine:
+        read = sorted({key.split("/")[0] for key in keys})
+        raise UserError(f"knn_encoder {encoder!r}: the targets' blocks read no feature of it (they read the "
+                        f"encoders {', '.join(read)})")
+    rest = [[key for key in block_keys(spec) if key not in mine] for spec in specs]
+    if head == "stack" and not all(rest):
+        raise UserError(f"knn_encoder {encoder!r}: some target's block reads only its features, leaving the "
+                        "stack's trunk nothing: give the features of another encoder too")
+    return mine, [block_spec(keys) for keys in rest]
 
 
 def _out_of_fold(config: RouterTrainConfig, specs: list[str], use_ray: bool, feature_set: FeatureSet,

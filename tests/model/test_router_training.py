@@ -211,6 +211,27 @@ def test_candidates_are_compared_on_the_holdout_and_every_head_round_trips(small
                      config=RouterTrainConfig.model_validate({**FAST, "candidates": [{"heads": "trunk"}]}))
 
 
+def test_a_stack_can_read_one_encoder_for_its_knn_and_the_others_for_its_trunk(small_routerbench, small_features,
+                                                                              small_gemma_features, tmp_path):
+    both, data = [str(small_features), str(small_gemma_features)], str(small_routerbench)
+    config = RouterTrainConfig.model_validate({**FAST, "head": "stack", "knn_encoder": "gemma3-270m",
+                                               "policy_folds": 0})
+    trained = train_router(data, both, str(tmp_path / "b"), config=config, use_ray=False)
+    trunk, knn = trained.model.parts_
+    assert trunk.required_keys and all(key.startswith("smollm2-135m/") for key in trunk.required_keys)
+    assert knn.required_keys and all(key.startswith("gemma3-270m/") for key in knn.required_keys)
+    ids = RoutingDataset.read(small_routerbench).select(split="test").query_ids
+    features = FeatureSet.open(both).load(ids, trained.required_keys)
+    np.testing.assert_array_equal(Router.load(tmp_path / "b").predict_proba(features), trained.predict_proba(features))
+    for features_given, encoder, message in [(str(small_features), "minilm-l6", "no feature of it.*smollm2-135m"),
+                                             (str(small_gemma_features), "gemma3-270m", "trunk nothing")]:
+        with pytest.raises(UserError, match=f"knn_encoder '{encoder}': .*{message}"):
+            train_router(data, features_given, str(tmp_path / "c"), use_ray=False,
+                         config=RouterTrainConfig.model_validate({**config.model_dump(), "knn_encoder": encoder}))
+    with pytest.raises(ValidationError, match="knn_encoder is for the knn and stack heads, not 'trunk'"):
+        RouterTrainConfig.model_validate({"knn_encoder": "minilm-l6"})
+
+
 def test_a_baseline_the_data_cannot_support_is_skipped_and_said_so(bundle, small_routerbench, small_features,
                                                                   tmp_path):
     import pyarrow as pa
