@@ -42,7 +42,7 @@ IMPORTS = {
     "routerbench": ["routerbench", str(SHARED / "routerbench")],
     "mmlu-pro": ["mmlu-pro", str(SHARED / "mmlu_pro"), "--prices", str(SHARED / "mmlu_pro" / "prices.csv")],
 }
-DEPTH = {"smollm2-135m": 30, "gemma3-270m": 18}  # every hidden state: the embedding output and each block
+DEPTH = {"smollm2-135m": 30, "gemma3-270m": 18, "minilm-l6": 6}  # every hidden state: embeddings, each block
 PAPER = {"gap_closed": 0.4558, "cost_savings": 0.7431, "mean_auc_prefill": 0.856, "mean_auc_semantic": 0.804}
 # The validation search of the full router (overrides of RouterTrainConfig, see README "Training config").
 SEARCH = [
@@ -275,8 +275,8 @@ def _sample(full: Path, n: int, out: Path) -> Path:
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=sorted(IMPORTS), required=True)
-    parser.add_argument("--encoders", default="smollm2-135m,gemma3-270m", help="Comma-separated, the first alone "
-                        "is the one-encoder ablation.")
+    parser.add_argument("--encoders", default="smollm2-135m,gemma3-270m", help="Comma-separated, of "
+                        f"{', '.join(DEPTH)}; the first alone is the one-encoder ablation.")
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--sample", type=int, default=None, help="Route a deterministic sample of N queries.")
     parser.add_argument("--reuse", action="store_true", help="Skip a scan or train whose last run had the same "

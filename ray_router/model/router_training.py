@@ -202,11 +202,12 @@ def train_router(
         specs = [chosen_blocks[t] for t in dataset.target_names]
         _check_blocks(specs, feature_set)
         keys = list(dict.fromkeys(key for spec in specs for key in block_keys(spec)))
-        holdout_features = feature_set.load(holdout_rows.query_ids, keys)
-        model = _fit_head(candidate, specs, use_ray, feature_set.load(fit_rows.query_ids, keys), fit_rows.labels(),
-                          holdout_features, holdout_rows.labels())
-        proba = model.predict_proba(holdout_features) if len(holdout_rows) else None
-        fitted.append((model, specs, proba, _holdout_scores(proba, holdout_rows, holdout_split, anchor)))
+        head_data = (feature_set.load(fit_rows.query_ids, keys), fit_rows.labels(),
+                     feature_set.load(holdout_rows.query_ids, keys), holdout_rows.labels())
+        model = _fit_head(candidate, specs, use_ray, *head_data)
+        proba = model.predict_proba(head_data[2]) if len(holdout_rows) else None
+        compared = _compared_proba(candidate, specs, use_ray, *head_data, proba)
+        fitted.append((model, specs, proba, _holdout_scores(compared, holdout_rows, holdout_split, anchor)))
     chosen = min(range(len(fitted)), key=lambda i: (fitted[i][3].get("holdout_log_loss", math.inf), i))
     model, specs, holdout_proba, scores = fitted[chosen]
     temperatures, calibration = _calibration(configs[chosen].calibrate, holdout_proba, holdout_rows.labels())
@@ -264,6 +265,21 @@ def _fit_head(config: RouterTrainConfig, specs: list[str], use_ray: bool, X, Y, 
         raise UserError(f"the {config.head} head chooses its parameters on holdout rows (holdout_fraction > 0)")
     head = knn() if config.head == "knn" else StackRouter([trunk(), knn()])
     return head.fit(X, Y, X_val, Y_val)
+
+
+def _compared_proba(config: RouterTrainConfig, specs: list[str], use_ray: bool, X, Y, X_val, Y_val,
+                    proba: np.ndarray | None) -> np.ndarray | None:
+    """The holdout probabilities a candidate is scored and compared on. A head fitted on the fit rows alone: its
+    own, `proba`. A head that chooses parameters on the holdout (kNN's k, the stack's weights), whose own holdout
+    predictions are optimistic (a stack's holdout log-loss is never above its trunk's): cross-fitted, each half
+    of the holdout (alternate rows) predicted by the head fitted again with the other half as its holdout."""
+    if proba is None or config.head in ("trunk", "logistic") or len(Y_val) < 4:
+        return proba
+
+    def fit(rows: np.ndarray) -> ProbaRouter:
+        return _fit_head(config, specs, use_ray, X, Y, take_rows(X_val, rows), Y_val[rows])
+
+    return out_of_fold_proba(fit, X_val, np.arange(len(Y_val)) % 2, Y_val.shape[1])
 
 
 def _knn_split(specs: list[str], encoder: str | None, head: str) -> tuple[list[str], list[str]]:

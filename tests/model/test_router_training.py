@@ -14,6 +14,7 @@ from ray_router.evaluation.evaluation import RouterInput, SplitData, evaluate
 from ray_router.features.feature_set import FeatureSet
 from ray_router.features.store import FeatureStore
 from ray_router.model.bundle import read_out_of_fold
+from ray_router.model.knn_router import mean_log_loss
 from ray_router.model.router_training import (
     RouterTrainConfig,
     split_for_training,
@@ -209,6 +210,22 @@ def test_candidates_are_compared_on_the_holdout_and_every_head_round_trips(small
     with pytest.raises(UserError, match="candidate.*heads"):
         train_router(str(small_routerbench), str(small_features), str(tmp_path / "c"), use_ray=False,
                      config=RouterTrainConfig.model_validate({**FAST, "candidates": [{"heads": "trunk"}]}))
+
+
+def test_a_stack_is_compared_on_cross_fitted_holdout_predictions_not_its_own(small_routerbench, small_features,
+                                                                             tmp_path):
+    # its weights are chosen on the holdout: its own holdout log-loss is never above its trunk's, so it would win
+    config = RouterTrainConfig.model_validate({**FAST, "head": "stack", "calibrate": False, "policy_folds": 0,
+                                               "candidates": [{}, {"head": "trunk"}]})
+    trained = train_router(str(small_routerbench), str(small_features), str(tmp_path / "b"), config=config,
+                           use_ray=False)
+    stack, trunk = trained.manifest.validation.candidates
+    _, holdout = split_for_training(RoutingDataset.read(small_routerbench), config.holdout_fraction)
+    x_holdout = FeatureSet.open(str(small_features)).load(holdout.query_ids, trained.required_keys)
+    if stack["chosen"]:  # then the bundle's head is the stack, fitted with the whole holdout
+        assert stack["holdout_log_loss"] > mean_log_loss(trained.predict_proba(x_holdout), holdout.labels())
+    else:
+        assert stack["holdout_log_loss"] > trunk["holdout_log_loss"]
 
 
 def test_a_stack_can_read_one_encoder_for_its_knn_and_the_others_for_its_trunk(small_routerbench, small_features,
