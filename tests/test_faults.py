@@ -192,9 +192,11 @@ def _train_config(storage: Path) -> dict:
     return {**TRAIN_CONFIG, "run": {**TRAIN_CONFIG["run"], "storage_path": str(storage)}}
 
 
-def _latest_checkpoint(storage: Path) -> Path | None:
-    """The checkpoint folder that the Ray Train run snapshot under `storage` names as the latest (None: none yet)."""
-    for snapshot in storage.glob("*/checkpoint_manager_snapshot.json"):
+def _latest_checkpoint(storage: Path, run: str = "*") -> Path | None:
+    """The checkpoint folder that the snapshot of the Ray Train run folder `run` under `storage` names as the latest
+    (None: none yet); by default of the first run folder found (a train command makes one per fit: the head's,
+    then one per policy fold)."""
+    for snapshot in storage.glob(f"{run}/checkpoint_manager_snapshot.json"):
         try:
             latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]
         except (ValueError, KeyError):  # being written
@@ -228,13 +230,14 @@ def test_training_resumes_after_a_killed_driver_to_the_same_bundle(small_routerb
     finally:
         _kill_session(driver.pid)  # the driver and its whole Ray cluster, as when its machine dies
         driver.wait()
-    before = _members(_latest_checkpoint(storage))  # what the rerun resumes from (a later one may have come)
+    run = _latest_checkpoint(storage).parent.name  # the head's run, the only one started before the kill
+    before = _members(_latest_checkpoint(storage, run))  # what the rerun resumes from (a later one may have come)
     assert 1 <= len(before) < n_seeds and not bundle.exists()  # killed mid-way
 
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "A run snapshot was found" in done.stderr  # Ray Train's log: it resumed the run, not a fresh one
-    after = _members(_latest_checkpoint(storage))
+    after = _members(_latest_checkpoint(storage, run))
     assert sorted(after) == list(range(n_seeds))
     for seed, member in before.items():  # loaded from the killed run's checkpoint, not trained again
         assert after[seed].trained_in == member.trained_in

@@ -298,7 +298,7 @@ def _knn_split(specs: list[str], encoder: str | None, head: str) -> tuple[list[s
     if head == "stack" and not all(rest):
         raise UserError(f"knn_encoder {encoder!r}: some target's block reads only its features, leaving the "
                         "stack's trunk nothing: give the features of another encoder too")
-    return mine, [block_spec(keys) for keys in rest]
+    return mine, [block_spec(block) for block in rest]
 
 
 def _out_of_fold(config: RouterTrainConfig, specs: list[str], use_ray: bool, feature_set: FeatureSet,
