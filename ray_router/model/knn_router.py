@@ -10,6 +10,7 @@ Labels are (n, K) floats in [0, 1], NaN = missing (never counted as 0).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import ClassVar, Literal
 
@@ -100,18 +101,30 @@ class KnnRouter:
         if self.labels_.ndim != 2 or self.labels_.shape[0] != self.embeddings_.shape[0]:
             raise ValueError(f"Y must be ({self.embeddings_.shape[0]}, K), got {self.labels_.shape}")
         self.prior_ = training_accuracy(self.labels_)
-        n_train = self.embeddings_.shape[0]
         self.validation_log_loss_: dict[int, float] = {}
         if self.k is not None:
-            self.k_ = min(self.k, n_train)
+            self.k_ = min(self.k, self.embeddings_.shape[0])
             return self
         if X_val is None or Y_val is None:
             raise ValueError("KnnRouter without a fixed k needs X_val and Y_val to choose k")
-        grid = sorted({min(value, n_train) for value in self.k_grid})
+        self._choose_k(X_val, Y_val)
+        return self
+
+    def rechosen(self, X_val: np.ndarray, Y_val: np.ndarray) -> KnnRouter:
+        """A copy of the fitted router with k chosen again on (X_val, Y_val), the same training prompts; this
+        router itself when ``k`` was given."""
+        if self.k is not None:
+            return self
+        router = copy.copy(self)  # the training arrays are shared, never written
+        router._choose_k(X_val, Y_val)
+        return router
+
+    def _choose_k(self, X_val: np.ndarray, Y_val: np.ndarray) -> None:
+        """Set ``k_`` and ``validation_log_loss_`` from the grid's log-losses on (X_val, Y_val)."""
+        grid = sorted({min(value, self.embeddings_.shape[0]) for value in self.k_grid})
         proba_by_k = self._neighbour_proba(X_val, grid)
         self.validation_log_loss_ = {k: mean_log_loss(proba_by_k[k], Y_val) for k in grid}
         self.k_ = min(grid, key=lambda k: (self.validation_log_loss_[k], k))
-        return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """(n, K) smoothed accuracy of each target among the ``k_`` nearest training prompts."""
@@ -197,6 +210,12 @@ class BlockKnnRouter:
         knn = KnnRouter(self.k, self.k_grid, self.prior_strength).fit(preprocessor.transform(X), Y, reduced_val, Y_val)
         self.block_, self.preprocessor_, self.knn_ = block, preprocessor, knn
         return self
+
+    def rechosen(self, X_val: Features, Y_val: np.ndarray) -> BlockKnnRouter:
+        """A copy of the fitted router with k chosen again on (X_val, Y_val), the same reduced training rows."""
+        router = copy.copy(self)
+        router.knn_ = self.knn_.rechosen(self.preprocessor_.transform(X_val), Y_val)
+        return router
 
     def predict_proba(self, X: Features) -> np.ndarray:
         """(n, K) smoothed accuracy of each target among the nearest training rows in the reduced block."""

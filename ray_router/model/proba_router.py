@@ -7,7 +7,9 @@ arrays returning the router itself, learned state in attributes ending with ``_`
 a features mapping {column: (n, d) array} for the SharedTrunkNet router, an (n, d) embedding matrix
 for kNN, an (n,) array of task labels for the task-label router. ``Y`` is (n, K) float with 1 = right,
 0 = wrong and NaN = unknown (a missing label is never a 0). A router that chooses a hyperparameter on
-validation data takes it as optional extra arguments, ``fit(X, Y, X_val, Y_val)``.
+validation data takes it as optional extra arguments, ``fit(X, Y, X_val, Y_val)``, and gives
+``rechosen(X_val, Y_val)``: a copy with that choice made again on other validation rows, nothing refitted on
+the fit rows (training cross-fits the holdout with it).
 """
 
 from __future__ import annotations

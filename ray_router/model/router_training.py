@@ -202,11 +202,11 @@ def train_router(
         specs = [chosen_blocks[t] for t in dataset.target_names]
         _check_blocks(specs, feature_set)
         keys = list(dict.fromkeys(key for spec in specs for key in block_keys(spec)))
-        head_data = (feature_set.load(fit_rows.query_ids, keys), fit_rows.labels(),
-                     feature_set.load(holdout_rows.query_ids, keys), holdout_rows.labels())
-        model = _fit_head(candidate, specs, use_ray, *head_data)
-        proba = model.predict_proba(head_data[2]) if len(holdout_rows) else None
-        compared = _compared_proba(candidate, specs, use_ray, *head_data, proba)
+        X_val, Y_val = feature_set.load(holdout_rows.query_ids, keys), holdout_rows.labels()
+        model = _fit_head(candidate, specs, use_ray, feature_set.load(fit_rows.query_ids, keys), fit_rows.labels(),
+                          X_val, Y_val)
+        proba = model.predict_proba(X_val) if len(holdout_rows) else None
+        compared = _compared_proba(model, X_val, Y_val, proba)
         fitted.append((model, specs, proba, _holdout_scores(compared, holdout_rows, holdout_split, anchor)))
     chosen = min(range(len(fitted)), key=lambda i: (fitted[i][3].get("holdout_log_loss", math.inf), i))
     model, specs, holdout_proba, scores = fitted[chosen]
@@ -267,19 +267,19 @@ def _fit_head(config: RouterTrainConfig, specs: list[str], use_ray: bool, X, Y, 
     return head.fit(X, Y, X_val, Y_val)
 
 
-def _compared_proba(config: RouterTrainConfig, specs: list[str], use_ray: bool, X, Y, X_val, Y_val,
-                    proba: np.ndarray | None) -> np.ndarray | None:
+def _compared_proba(model: ProbaRouter, X_val, Y_val: np.ndarray, proba: np.ndarray | None) -> np.ndarray | None:
     """The holdout probabilities a candidate is scored and compared on. A head fitted on the fit rows alone: its
-    own, `proba`. A head that chooses parameters on the holdout (kNN's k, the stack's weights), whose own holdout
-    predictions are optimistic (a stack's holdout log-loss is never above its trunk's): cross-fitted, each half
-    of the holdout (alternate rows) predicted by the head fitted again with the other half as its holdout."""
-    if proba is None or config.head in ("trunk", "logistic") or len(Y_val) < 4:
+    own, `proba`. A head that chooses parameters on the holdout (kNN's k, the stack's weights: it has
+    `rechosen`), whose own holdout predictions are optimistic (a stack's holdout log-loss is never above its
+    trunk's): cross-fitted, each half of the holdout (alternate rows) predicted by the head with those
+    parameters chosen again on the other half."""
+    if proba is None or not hasattr(model, "rechosen") or len(Y_val) < 4:
         return proba
 
-    def fit(rows: np.ndarray) -> ProbaRouter:
-        return _fit_head(config, specs, use_ray, X, Y, take_rows(X_val, rows), Y_val[rows])
+    def rechosen(rows: np.ndarray) -> ProbaRouter:
+        return model.rechosen(take_rows(X_val, rows), Y_val[rows])
 
-    return out_of_fold_proba(fit, X_val, np.arange(len(Y_val)) % 2, Y_val.shape[1])
+    return out_of_fold_proba(rechosen, X_val, np.arange(len(Y_val)) % 2, Y_val.shape[1])
 
 
 def _knn_split(specs: list[str], encoder: str | None, head: str) -> tuple[list[str], list[str]]:

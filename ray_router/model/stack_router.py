@@ -45,17 +45,30 @@ class StackRouter:
         grid = np.asarray(self.grid, dtype=np.float64)
         if grid.ndim != 1 or grid.size == 0 or (grid < 0).any() or (grid > 1).any():
             raise UserError(f"the weight grid must be values in [0, 1], got {self.grid}")
-        parts = [_fit_part(copy.deepcopy(part), X, Y, X_val, Y_val) for part in self.parts]
+        self.parts_ = [_fit_part(copy.deepcopy(part), X, Y, X_val, Y_val) for part in self.parts]
+        self._choose_weights(X_val, Y_val)
+        return self
+
+    def rechosen(self, X_val: Any, Y_val: np.ndarray) -> StackRouter:
+        """A copy of the fitted stack with what it chose on validation chosen again on (X_val, Y_val): each
+        part's own choice (a kNN's k: parts with a ``rechosen``), then the weights; nothing is fitted again on
+        the fit rows."""
+        stack = copy.copy(self)
+        stack.parts_ = [part.rechosen(X_val, Y_val) if hasattr(part, "rechosen") else part for part in self.parts_]
+        stack._choose_weights(X_val, Y_val)
+        return stack
+
+    def _choose_weights(self, X_val: Any, Y_val: np.ndarray) -> None:
+        """Set ``weights_``: per target, the grid's convex weights of the fitted parts with the lowest log-loss
+        on (X_val, Y_val)."""
         labels = np.asarray(Y_val, dtype=np.float64)
-        val_proba = np.stack([part.predict_proba(X_val) for part in parts])  # (n_parts, n_val, K)
+        val_proba = np.stack([part.predict_proba(X_val) for part in self.parts_])  # (n_parts, n_val, K)
         if labels.shape != val_proba.shape[1:]:
             raise UserError(f"validation labels {labels.shape} do not match the parts' predictions "
                             f"{val_proba.shape[1:]}")
-        candidates = simplex_candidates(grid, len(parts))
-        weights = [_best_weights(candidates, val_proba[:, :, target], labels[:, target])
-                   for target in range(labels.shape[1])]
-        self.parts_, self.weights_ = parts, np.array(weights)
-        return self
+        candidates = simplex_candidates(np.asarray(self.grid, dtype=np.float64), len(self.parts_))
+        self.weights_ = np.array([_best_weights(candidates, val_proba[:, :, target], labels[:, target])
+                                  for target in range(labels.shape[1])])
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """(n, K) per target, the weighted sum of the parts' probabilities (clipped to [0, 1])."""

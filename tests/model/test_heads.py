@@ -21,6 +21,7 @@ from ray_router.model.calibration import calibrate, fit_temperatures
 from ray_router.model.heads import HEADS, head_from_bundle
 from ray_router.model.knn_router import BlockKnnRouter, KnnRouter, mean_log_loss
 from ray_router.model.logistic_router import LogisticRouter
+from ray_router.model.out_of_fold import take_rows
 from ray_router.model.preprocessing import BlockPreprocessor
 from ray_router.model.proba_router import ProbaRouter
 from ray_router.model.router_training import split_for_training
@@ -42,17 +43,21 @@ def real(small_routerbench, small_features) -> dict[str, tuple[dict[str, np.ndar
     return {name: (features.load(rows.query_ids), rows.labels()) for name, rows in splits.items()}
 
 
-@pytest.fixture(scope="module")
-def fitted(real) -> dict[str, tuple]:
-    """{kind: (head, its attributes before fit, what fit returned)} for every new head, fitted on the slice."""
-    (X, Y), (X_val, Y_val) = real["fit"], real["val"]
-    heads = {
+def unfitted_heads() -> dict:
+    """{kind: head} for every new head, with its parameters for the small slice."""
+    return {
         "knn": BlockKnnRouter(L3_LAST, pca_k=16, k_grid=K_GRID),
         "logistic": LogisticRouter([L3_LAST, L2_MEAN] * 5 + [L1_LAST_L3_MEAN], pca_k=8),
         "stack": StackRouter([LogisticRouter(L2_MEAN, pca_k=8), BlockKnnRouter(L3_LAST, pca_k=16, k_grid=K_GRID)]),
     }
+
+
+@pytest.fixture(scope="module")
+def fitted(real) -> dict[str, tuple]:
+    """{kind: (head, its attributes before fit, what fit returned)} for every new head, fitted on the slice."""
+    (X, Y), (X_val, Y_val) = real["fit"], real["val"]
     out = {}
-    for kind, head in heads.items():
+    for kind, head in unfitted_heads().items():
         before = dict(vars(head))
         out[kind] = (head, before, head.fit(X, Y) if kind == "logistic" else head.fit(X, Y, X_val, Y_val))
     return out
@@ -176,6 +181,25 @@ def test_stack_weights_minimise_each_targets_validation_log_loss(real, fitted):
 
         assert np.isclose(grid, stack.weights_[target, 0]).any()
         assert loss(stack.weights_[target, 0]) <= min(loss(w) for w in grid) + 1e-12
+
+
+def test_a_rechosen_head_is_the_head_fitted_with_other_validation_rows(real, fitted):
+    """What training cross-fits the holdout with: the knn's k and the stack's weights chosen again on other
+    validation rows (here half of them, labels flipped), nothing refitted, the fitted head left as it was."""
+    (X, Y), (X_val, Y_val), (X_test, _) = real["fit"], real["val"], real["test"]
+    half = np.arange(len(Y_val)) % 2 == 0
+    X_other, Y_other = take_rows(X_val, half), 1 - Y_val[half]
+    for kind in ("knn", "stack"):
+        head = fitted[kind][0]
+        kept = head.predict_proba(X_test)
+        rechosen = head.rechosen(X_other, Y_other)
+        fresh = unfitted_heads()[kind].fit(X, Y, X_other, Y_other)
+        assert np.array_equal(rechosen.predict_proba(X_test), fresh.predict_proba(X_test))
+        assert not np.array_equal(rechosen.predict_proba(X_test), kept)
+        assert np.array_equal(head.predict_proba(X_test), kept)
+    stack = fitted["stack"][0]
+    rechosen = stack.rechosen(X_other, Y_other)
+    assert rechosen.parts_[0] is stack.parts_[0] and rechosen.parts_[1].knn_.k_ != stack.parts_[1].knn_.k_
 
 
 def test_a_three_part_stack_searches_the_whole_weight_simplex():
