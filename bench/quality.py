@@ -7,11 +7,11 @@
 Every step is the `ray-router` command a user would run, as a subprocess; its output goes to <work>/<step>.log
 and its wall time into the result. Per encoder: extraction of every layer (full depth; resumable into
 <work>/features-<encoder>) and a layer scan. Then `train` with the search config SEARCH: every candidate (head,
-blocks, PCA k, width, dropout, weight decay) is trained on the fit rows and the one with the lowest holdout
-log-loss is kept; calibration is kept when it lowers the holdout log-loss (cross-fitted); the kept head is fitted
-again on POLICY_FOLDS folds of the fit rows, whose out-of-fold predictions join the holdout as the rows the
-policy is chosen on (evaluate does the same for the baselines). The encoders are a
-lever too: the search on every encoder and on the first alone, and the one with the lower holdout log-loss is
+blocks, PCA k, width, dropout, weight decay, the pairwise ranking loss) is trained on the fit rows and the one
+with the lowest holdout log-loss is kept; calibration is kept when it lowers the holdout log-loss (cross-fitted);
+the kept head is fitted again on POLICY_FOLDS folds of the fit rows, whose out-of-fold predictions join the
+holdout as the rows the policy is chosen on (evaluate does the same for the baselines). The encoders are a lever
+too: the search on every encoder and on the first alone, and the one with the lower holdout log-loss is
 the router (the other is its encoder row). Each ABLATION row is the same training on the chosen encoders with one
 lever switched off; where the full router's search kept no candidate or calibration that the row removes, the row
 is the full router's bundle itself (training it again gives the same head and out-of-fold rows). One `evaluate`
@@ -55,6 +55,7 @@ SEARCH = [
     {"trainer": {"hidden": [512, 256]}},
     {"trainer": {"dropout": [0.5, 0.4]}},
     {"trainer": {"weight_decay": 0.001}},
+    {"trainer": {"pairwise_weight": 1.0}},
     {"head": "logistic"},
     {"head": "knn"},
     {"head": "stack"},

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ray_router.errors import UserError
-from ray_router.model.trunk_net import SharedTrunkNet, ensemble_proba, masked_bce_loss
+from ray_router.model.trunk_net import SharedTrunkNet, ensemble_proba, masked_bce_loss, masked_pairwise_loss
 from ray_router.resources import WorkerResources, cluster_cpus, cluster_gpus, ensure_ray
 
 # Bump when a change to the training code changes the members it produces: it is part of the run
@@ -35,8 +35,8 @@ TRAINING_VERSION = 1
 # The config fields that determine a member's weights (the others only decide how many members are
 # trained and which are kept).
 MEMBER_FIELDS = (
-    "hidden", "dropout", "lr", "weight_decay", "batch_size", "max_epochs", "patience", "min_delta",
-    "val_fraction", "seed",
+    "hidden", "dropout", "lr", "weight_decay", "pairwise_weight", "batch_size", "max_epochs", "patience",
+    "min_delta", "val_fraction", "seed",
 )  # fmt: skip
 MEMBER_FILE_GLOB = "member_*.safetensors"
 
@@ -51,6 +51,10 @@ class TrunkConfig(BaseModel):
     dropout: tuple[float, ...] = Field((0.3, 0.2), description="Dropout after each hidden layer.")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
     weight_decay: float = Field(1e-4, ge=0, description="Adam weight decay.")
+    pairwise_weight: float = Field(
+        0.0, ge=0, description="Weight of the ranking loss between each query's targets, added to the "
+        "cross-entropy in training (0: the cross-entropy alone, METHOD.md). Early stopping reads the cross-entropy."
+    )
     batch_size: int = Field(512, ge=1, description="Mini-batch size.")
     max_epochs: int = Field(150, ge=1, description="Epoch limit per member.")
     patience: int = Field(15, ge=1, description="Epochs without validation improvement before stopping.")
@@ -181,16 +185,21 @@ class MemberTrainer:
         self.done = False
 
     def run_epoch(self) -> dict[str, float]:
-        """One pass over the training rows, then the validation loss and the early-stopping check."""
+        """One pass over the training rows, then the validation loss and the early-stopping check (both losses
+        the cross-entropy, whatever the pairwise weight)."""
         self.model.train()
         order = torch.randperm(len(self.x_train), device=self.x_train.device)
         weighted_sum = torch.zeros((), device=self.x_train.device)
         for start in range(0, len(order), self.config.batch_size):
             batch = order[start : start + self.config.batch_size]
             labels = self.y_train[batch]
-            loss = masked_bce_loss(self.model(self.x_train[batch]), labels)
+            logits = self.model(self.x_train[batch])
+            loss = masked_bce_loss(logits, labels)
+            trained = loss
+            if self.config.pairwise_weight:  # skipped at 0: the default members stay bit for bit METHOD.md's
+                trained = trained + self.config.pairwise_weight * masked_pairwise_loss(logits, labels)
             self.optimizer.zero_grad()
-            loss.backward()
+            trained.backward()
             self.optimizer.step()
             weighted_sum += loss.detach() * (~torch.isnan(labels)).sum()
         train_loss = (weighted_sum / max(1, int((~torch.isnan(self.y_train)).sum()))).item()

@@ -1,4 +1,4 @@
-"""SharedTrunkNet: one multi-output MLP predicting every target's correctness, and its masked loss."""
+"""SharedTrunkNet: one multi-output MLP predicting every target's correctness, and its masked losses."""
 
 from collections.abc import Sequence
 
@@ -50,6 +50,18 @@ def masked_bce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     per_entry = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     per_entry = torch.where(known, per_entry, torch.zeros_like(per_entry))
     return per_entry.sum() / known.sum().clamp(min=1)
+
+
+def masked_pairwise_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A ranking loss between the targets of each query (RankNet): for every pair where target a's label is
+    above target b's, softplus(logit_b - logit_a), weighted by the label difference and averaged by the total
+    weight. Only the queries on which targets disagree count, and only the differences of their logits: what
+    routing decides on. A pair with a missing label is left out; with no such pair the loss is 0.
+    """
+    gaps = labels[:, :, None] - labels[:, None, :]  # (batch, K, K): label a - label b, NaN where one is missing
+    weights = torch.where(gaps > 0, gaps, torch.zeros_like(gaps))  # NaN > 0 is False
+    per_pair = F.softplus(logits[:, None, :] - logits[:, :, None])  # softplus(logit b - logit a)
+    return (weights * per_pair).sum() / weights.sum().clamp(min=1e-12)
 
 
 def ensemble_proba(models: Sequence[nn.Module], x: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ import torch
 from ray_router.errors import UserError
 from ray_router.model.training import (
     MEMBER_FILE_GLOB,
+    MemberTrainer,
     TrainRunConfig,
     TrunkConfig,
     build_members,
@@ -17,7 +18,7 @@ from ray_router.model.training import (
     member_split,
     train_member,
 )
-from ray_router.model.trunk_net import ensemble_proba, masked_bce_loss
+from ray_router.model.trunk_net import ensemble_proba, masked_bce_loss, masked_pairwise_loss
 
 SMALL = TrunkConfig(hidden=(32, 16), batch_size=64, max_epochs=25, patience=4, n_seeds=4, keep_best=2)
 
@@ -80,6 +81,28 @@ def test_early_stopping_restores_the_best_weights(problem):
     with torch.no_grad():
         loss = masked_bce_loss(model(torch.from_numpy(x[val_rows])), torch.from_numpy(y[val_rows]))
     assert loss.item() == member.val_loss
+
+
+def test_the_pairwise_weight_trades_cross_entropy_for_ranking_and_early_stopping_reads_the_cross_entropy(problem):
+    """After the same epochs from the same seed, a member trained with a heavy ranking term orders each training
+    query's targets better than the plain member and fits their cross-entropy worse; its validation curve is the
+    cross-entropy of its weights, as without it."""
+    x, y = problem
+    fast = SMALL.model_copy(update={"lr": 0.01})
+    ranked_config = fast.model_copy(update={"pairwise_weight": 5.0})
+    trainers = [MemberTrainer(x, y, 0, fast), MemberTrainer(x, y, 0, ranked_config)]
+    for trainer in trainers:
+        for _ in range(30):
+            trainer.run_epoch()
+        trainer.model.eval()
+    with torch.no_grad():
+        (plain_rank, plain_bce), (ranked_rank, ranked_bce) = (
+            [loss(t.model(t.x_train), t.y_train).item() for loss in (masked_pairwise_loss, masked_bce_loss)]
+            for t in trainers
+        )
+        ranked = trainers[1]
+        assert masked_bce_loss(ranked.model(ranked.x_val), ranked.y_val).item() == ranked.history["val_loss"][-1]
+    assert ranked_rank < plain_rank and ranked_bce > plain_bce
 
 
 def test_a_seed_is_reproducible_and_seeds_differ(problem):

@@ -1,4 +1,4 @@
-"""SharedTrunkNet, its masked loss, and the per-target input blocks (synthetic data)."""
+"""SharedTrunkNet, its masked losses, and the per-target input blocks (synthetic data)."""
 
 import numpy as np
 import pytest
@@ -10,7 +10,7 @@ from torch import nn
 
 from ray_router.errors import UserError
 from ray_router.model.preprocessing import BlockPreprocessor
-from ray_router.model.trunk_net import SharedTrunkNet, masked_bce_loss
+from ray_router.model.trunk_net import SharedTrunkNet, masked_bce_loss, masked_pairwise_loss
 
 
 def test_default_network_is_the_method_recipe():
@@ -71,6 +71,26 @@ def test_masked_loss_without_any_known_label_is_zero():
     loss = masked_bce_loss(logits, torch.full((3, 2), float("nan")))
     loss.backward()
     assert loss.item() == 0 and torch.equal(logits.grad, torch.zeros(3, 2))
+
+
+def test_pairwise_loss_ranks_each_querys_right_targets_above_its_wrong_ones():
+    """RankNet over the pairs (right, wrong) of one query, by hand; rows without such a pair, missing labels and
+    a shift of one query's logits (the same for every target) change nothing."""
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.3, 0.1, -0.2], [1.0, 4.0, 0.0]], requires_grad=True)
+    labels = torch.tensor([[1, 0, np.nan], [1, 1, 1], [0, 1, 0]], dtype=torch.float32)
+    pairs = [(0, 0, 1), (2, 1, 0), (2, 1, 2)]  # (row, right target, wrong target)
+    expected = sum(nn.functional.softplus(logits[r, w] - logits[r, a]) for r, a, w in pairs) / len(pairs)
+    loss = masked_pairwise_loss(logits, labels)
+    assert torch.allclose(loss, expected, rtol=1e-6)
+    shifted = logits.detach() + torch.tensor([[5.0], [-3.0], [1.0]])
+    assert torch.allclose(masked_pairwise_loss(shifted, labels), expected, rtol=1e-6)
+    loss.backward()
+    assert torch.equal(logits.grad[1], torch.zeros(3)) and logits.grad[0, 2] == 0
+    assert logits.grad[0, 0] < 0 < logits.grad[0, 1]  # the right target's logit pushed up, the wrong one's down
+    no_pair = torch.zeros(2, 3, requires_grad=True)
+    loss = masked_pairwise_loss(no_pair, torch.tensor([[1, 1, np.nan], [0, np.nan, 0]], dtype=torch.float32))
+    loss.backward()
+    assert loss.item() == 0 and torch.equal(no_pair.grad, torch.zeros(2, 3))
 
 
 @pytest.fixture
